@@ -1,0 +1,250 @@
+"""Layer hooks: the one mechanism every method uses to read or change a layer's output.
+
+- ``get_layer(model, "blocks.5")``: a module by its dotted name (close names on a typo).
+- ``list_layers(model, x)``: every named module with its output shape and channel count.
+- ``LayerHooks`` (and the shorthands ``capture`` / ``edit``): a context manager that captures
+  the outputs of named layers, or replaces them with a function of themselves, for every
+  forward pass run inside the ``with``. Hooks are removed on exit, exceptions included.
+- ``preserved(model)``: restores train/eval modes and ``requires_grad`` flags on exit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ChanattrError, LayerNotFoundError
+
+EditFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of every sub-module (the root, named ``""``, excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (dotted, e.g. ``layer3.1.conv2``).
+
+    Raises ``LayerNotFoundError`` naming the closest layer names.
+    """
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    names = layer_names(model)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not close:  # a prefix match helps with "blocks" -> "blocks.0", ...
+        close = [n for n in names if n.startswith(name.rstrip("."))][:5]
+    hint = f"; close names: {', '.join(close)}" if close else "; `chanattr layers` lists them"
+    raise LayerNotFoundError(f"the model has no layer {name!r}{hint}")
+
+
+@dataclass
+class LayerInfo:
+    """One named module and what it returned for an example input."""
+
+    name: str
+    kind: str  # the module's class name
+    shape: tuple[int, ...] | None  # output shape, batch included; None if not a tensor
+    calls: int  # times the module ran in one forward pass
+
+    @property
+    def channels(self) -> int | None:
+        """Channels of a channels-first output (dim 1), else None."""
+        return self.shape[1] if self.shape is not None and len(self.shape) >= 2 else None
+
+
+def list_layers(model: nn.Module, x: torch.Tensor, *, leaves_only: bool = False) -> list[LayerInfo]:
+    """Every named module (in definition order) with its output shape for input ``x``.
+
+    Modules that did not run for ``x`` are left out. The model is left as found.
+    """
+    infos: dict[str, LayerInfo] = {}
+    handles = []
+
+    def make_hook(name: str, module: nn.Module):
+        def hook(_module, _inputs, output):
+            info = infos.get(name)
+            if info is None:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+                infos[name] = LayerInfo(name, type(module).__name__, shape, 1)
+            else:
+                info.calls += 1
+
+        return hook
+
+    order = []
+    for name, module in model.named_modules():
+        if not name or (leaves_only and any(True for _ in module.children())):
+            continue
+        order.append(name)
+        handles.append(module.register_forward_hook(make_hook(name, module)))
+    try:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [infos[n] for n in order if n in infos]
+
+
+class LayerHooks:
+    """Capture and/or edit the outputs of named layers while the ``with`` block runs.
+
+    ``layers``: a name, a list of names (capture only), or a mapping from names to an edit
+    function ``fn(output) -> new_output`` (or ``None`` to capture only). After each forward
+    pass, ``hooks[name]`` holds that layer's output (after its edit) from the last pass.
+
+    - ``store=False`` keeps nothing (edit only): no activations are kept alive.
+    - ``detach=True`` stores detached copies (no graph kept alive). Otherwise the stored
+      tensor is part of the graph, so ``torch.autograd.grad(y, hooks[name])`` works.
+    - A module that runs more than once in one forward pass is refused unless ``call`` says
+      which run (0-based) to hook; the count restarts with every call of ``model``.
+
+    Stored outputs are protected from in-place operations downstream (``nn.ReLU(inplace=True)``):
+    the network continues with a copy.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str] | Mapping[str, EditFn | None],
+        *,
+        store: bool = True,
+        detach: bool = False,
+        call: int | None = None,
+    ) -> None:
+        if isinstance(layers, str):
+            layers = {layers: None}
+        elif not isinstance(layers, Mapping):
+            layers = {name: None for name in layers}
+        self.model = model
+        self.edits: dict[str, EditFn | None] = dict(layers)
+        self.modules = {name: get_layer(model, name) for name in self.edits}
+        self.store = store
+        self.detach = detach
+        self.call = call
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
+        self._handles: list = []
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.outputs:
+            raise KeyError(f"no output captured for {name!r}: did the forward pass run inside the `with`?")
+        return self.outputs[name]
+
+    def _make_hook(self, name: str):
+        fn = self.edits[name]
+
+        def hook(_module, _inputs, output):
+            index = self._calls.get(name, 0)
+            self._calls[name] = index + 1
+            if self.call is None and index > 0:
+                raise ChanattrError(
+                    f"layer {name!r} runs more than once in a forward pass; say which run to hook with call=0, 1, ..."
+                )
+            if self.call is not None and index != self.call:
+                return None
+            if not isinstance(output, torch.Tensor):
+                raise ChanattrError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor: pick a layer with a tensor output"
+                )
+            out = fn(output) if fn is not None else output
+            if not self.store:
+                return out if fn is not None else None
+            if self.detach:
+                self.outputs[name] = out.detach().clone()
+                return out if fn is not None else None
+            self.outputs[name] = out
+            return out.clone()  # downstream in-place ops act on the copy, not on the stored tensor
+
+        return hook
+
+    def _reset(self, *_args) -> None:
+        self._calls.clear()
+
+    def __enter__(self) -> "LayerHooks":
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._reset))
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook this object registered (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def capture(model: nn.Module, layers: str | Sequence[str], **kwargs) -> LayerHooks:
+    """``with capture(model, ["blocks.5"]) as acts: model(x)``; then ``acts["blocks.5"]``."""
+    return LayerHooks(model, layers, **kwargs)
+
+
+def edit(model: nn.Module, edits: Mapping[str, EditFn], *, store: bool = False, **kwargs) -> LayerHooks:
+    """``with edit(model, {"blocks.5": lambda a: a * m}): y = model(x)``: replaced outputs."""
+    return LayerHooks(model, edits, store=store, **kwargs)
+
+
+# --- leaving the model as found -------------------------------------------------------------
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+
+
+def model_state(model: nn.Module) -> dict:
+    """A snapshot to compare: every module's mode, every parameter's ``requires_grad``,
+    the number of hooks on every module, and the parameters' data pointers."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "hooks": [sum(len(getattr(m, d, {})) for d in _HOOK_DICTS) for m in model.modules()],
+    }
+
+
+@contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every module's train/eval mode and every parameter's ``requires_grad`` on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter inside, restored on exit.
+
+    Methods that differentiate only with respect to an input or a mask use this, so no
+    parameter gradient is computed and nothing of the user's model changes.
+    """
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model

@@ -1,0 +1,105 @@
+"""Images: load any file PIL reads (or a bundled sample by name) and prepare it for a model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ChanattrError
+from .models import Preprocessing
+
+#: Photos bundled with scikit-image, usable by name wherever an image path is taken.
+SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for a model.
+
+    ``input``: 3 x S x S float32, exactly what the model is given (normalised).
+    ``rgb``: 3 x S x S float32 in [0, 1], the same crop before normalisation (for figures).
+    """
+
+    name: str
+    input: torch.Tensor
+    rgb: torch.Tensor
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, RGBA, I;16, I, F, CMYK, ...) -> 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if img.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray((arr * 255).round().astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(source: str | os.PathLike) -> Image.Image:
+    """An RGB PIL image from a file path or a sample name (see ``SAMPLES``)."""
+    text = str(source)
+    if text in SAMPLES and not Path(text).exists():
+        from skimage import data
+
+        return Image.fromarray(getattr(data, text)()).convert("RGB")
+    path = Path(text)
+    if not path.exists():
+        raise ChanattrError(f"image not found: {path} (give a file, or a sample: {', '.join(SAMPLES)})")
+    if path.is_dir():
+        raise ChanattrError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise ChanattrError(f"{path} is not an image file PIL can read") from None
+    except OSError as e:
+        raise ChanattrError(f"cannot read image {path}: {e}") from None
+
+
+def crop_to_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` pixels (bicubic), then take the centre square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def prepare_image(source: str | os.PathLike | Image.Image, preprocessing: Preprocessing) -> PreparedImage:
+    """Load (unless given a PIL image), crop to the model's input size and normalise."""
+    if isinstance(source, Image.Image):
+        img, name = _to_rgb(source), "image"
+    else:
+        img, name = load_image(source), Path(str(source)).stem or str(source)
+    crop = crop_to_square(img, preprocessing.input_size)
+    rgb = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return PreparedImage(name=name, input=preprocessing.normalize(rgb), rgb=rgb)
+
+
+def prepare_images(sources, preprocessing: Preprocessing) -> list[PreparedImage]:
+    """``prepare_image`` for each source; names made unique (``a``, ``a-2``, ...)."""
+    out: list[PreparedImage] = []
+    seen: dict[str, int] = {}
+    for src in sources:
+        item = prepare_image(src, preprocessing)
+        count = seen.get(item.name, 0) + 1
+        seen[item.name] = count
+        if count > 1:
+            item.name = f"{item.name}-{count}"
+        out.append(item)
+    return out

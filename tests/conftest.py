@@ -1,0 +1,58 @@
+"""Shared fixtures: the real bundled model (loaded once) and small hand-built models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from chanattr import load_model
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The bundled EfficientNet-Lite0 with real ImageNet weights (offline)."""
+    return load_model("efficientnet_lite0")
+
+
+class TinyNet(nn.Module):
+    """A small conv net with in-place ReLUs, like torchvision's ResNets."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class TwiceNet(nn.Module):
+    """Uses one module twice in its forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.conv(self.conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+@pytest.fixture
+def twice():
+    torch.manual_seed(0)
+    return TwiceNet().eval()

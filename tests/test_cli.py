@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chanattr.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_json(capsys):
+    code, out, _ = run(capsys, "predict", "coffee", "--json", "--top", "3")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 3
+    assert rows[0]["index"] == 967 and rows[0]["name"] == "espresso"
+    assert rows[0]["probability"] >= rows[1]["probability"] >= rows[2]["probability"]
+
+
+def test_predict_text(capsys):
+    code, out, _ = run(capsys, "predict", "chelsea", "--top", "2")
+    assert code == 0 and "cat" in out and len(out.strip().splitlines()) == 3
+
+
+def test_layers_lists_shapes(capsys):
+    code, out, _ = run(capsys, "layers", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["conv_head"]["shape"] == [1, 1280, 7, 7] and rows["conv_head"]["channels"] == 1280
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["predict", "no_such_file.jpg"], "image not found"),
+    (["predict", "chelsea", "--model", "nope"], "unknown model"),
+    (["predict", "chelsea", "--model", "torchvision:resnet1888"], "close names"),
+    (["predict", "chelsea", "--device", "cuda:7"], "device"),
+    (["layers", "--std", "0", "1", "1"], "must be positive"),
+])
+def test_bad_input_one_line_exit_2(capsys, argv, match):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "chelsea", "--top", "x"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "invalid int value" in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_an_image_file(capsys, tmp_path):
+    bad = tmp_path / "fake.png"
+    bad.write_bytes(b"\x00\x01 not a png")
+    code, _, err = run(capsys, "predict", str(bad))
+    assert code == 2 and "not an image file" in err
+
+
+def test_console_script_help_and_error():
+    for cmd in (["--help"], ["predict", "--help"], ["layers", "--help"]):
+        r = subprocess.run([sys.executable, "-m", "chanattr", *cmd], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "chanattr", "predict", "nowhere.png"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr

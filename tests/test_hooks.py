@@ -1,0 +1,163 @@
+import pytest
+import torch
+from torch import nn
+
+from chanattr import (
+    ChanattrError,
+    LayerHooks,
+    LayerNotFoundError,
+    capture,
+    edit,
+    frozen,
+    get_layer,
+    list_layers,
+    model_state,
+    preserved,
+)
+
+
+def test_get_layer_by_dotted_name(tiny):
+    assert get_layer(tiny, "features.2") is tiny.features[2]
+    with pytest.raises(LayerNotFoundError, match="close names: features.2") as info:
+        get_layer(tiny, "features.22")
+    assert "\n" not in str(info.value)
+
+
+def test_get_layer_real_model(lite0):
+    assert isinstance(get_layer(lite0.model, "blocks.5.0.conv_pwl"), nn.Conv2d)
+    with pytest.raises(LayerNotFoundError, match="blocks.5.0.conv_pwl"):
+        get_layer(lite0.model, "blocks.5.0.conv_pw1")
+
+
+def test_list_layers_shapes_and_channels(tiny):
+    before = model_state(tiny)
+    infos = {i.name: i for i in list_layers(tiny, torch.zeros(2, 3, 16, 16))}
+    assert infos["features.2"].shape == (2, 16, 8, 8) and infos["features.2"].channels == 16
+    assert infos["fc"].shape == (2, 5) and infos["fc"].channels == 5
+    assert infos["features"].kind == "Sequential"
+    assert model_state(tiny) == before
+
+
+def test_list_layers_counts_repeated_calls(twice):
+    infos = {i.name: i for i in list_layers(twice, torch.zeros(1, 3, 8, 8))}
+    assert infos["conv"].calls == 2
+
+
+def test_capture_equals_manual_forward(tiny):
+    x = torch.randn(2, 3, 16, 16)
+    with capture(tiny, ["features.0", "features.2"]) as acts:
+        tiny(x)
+    with torch.no_grad():
+        expected = tiny.features[0](x)
+    assert torch.allclose(acts["features.0"], expected)
+
+
+def test_capture_is_safe_with_inplace_relu(tiny):
+    # features.0 (a conv) feeds an in-place ReLU: the captured output must keep its negatives
+    x = torch.randn(2, 3, 16, 16)
+    with capture(tiny, "features.0") as acts:
+        y = tiny(x)
+    assert (acts["features.0"] < 0).any()
+    assert torch.allclose(y, tiny(x))  # the network's output is unchanged by capturing
+
+
+def test_capture_inplace_relu_itself_and_gradients(tiny):
+    x = torch.randn(2, 3, 16, 16)
+    with capture(tiny, ["features.1", "features.3"]) as acts:
+        y = tiny(x)[:, 0].sum()
+    assert (acts["features.1"] >= 0).all()
+    (g,) = torch.autograd.grad(y, acts["features.3"])  # the graph runs through the stored tensor
+    assert g.shape == acts["features.3"].shape and g.abs().sum() > 0
+
+
+def test_edit_replaces_output_and_is_removed_after(tiny):
+    x = torch.randn(2, 3, 16, 16)
+    reference = tiny(x)
+    with edit(tiny, {"features.3": lambda a: torch.zeros_like(a)}) as hooks:
+        y = tiny(x)
+    assert torch.allclose(y, tiny.fc.bias.expand_as(y))
+    assert hooks.outputs == {}  # edit keeps no activations alive
+    assert torch.allclose(tiny(x), reference)
+
+
+def test_edit_masks_channels_with_inplace_relu(tiny):
+    mask = torch.zeros(1, 8, 1, 1)
+    mask[:, :3] = 1
+    x = torch.randn(1, 3, 16, 16)
+    with LayerHooks(tiny, {"features.1": lambda a: a * mask}) as hooks:
+        tiny(x)
+    assert hooks["features.1"][:, 3:].abs().sum() == 0 and hooks["features.1"][:, :3].abs().sum() > 0
+
+
+def test_hooks_many_forward_passes(tiny):
+    with capture(tiny, "fc") as acts:
+        a = tiny(torch.zeros(1, 3, 8, 8)).detach()
+        b = tiny(torch.ones(1, 3, 8, 8)).detach()
+        assert torch.allclose(acts["fc"], b)
+    assert not torch.allclose(a, b)
+
+
+def test_hooks_removed_after_exception(tiny):
+    before = model_state(tiny)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(tiny, ["features.0", "fc"]):
+            raise RuntimeError("boom")
+    assert model_state(tiny) == before
+    with pytest.raises(RuntimeError):
+        with edit(tiny, {"fc": lambda a: a.view(-1, 999)}):  # fails inside the forward pass
+            tiny(torch.zeros(1, 3, 8, 8))
+    assert model_state(tiny) == before
+
+
+def test_unknown_layer_registers_nothing(tiny):
+    before = model_state(tiny)
+    with pytest.raises(LayerNotFoundError):
+        with capture(tiny, ["fc", "fc2"]):
+            pass
+    assert model_state(tiny) == before
+
+
+def test_module_called_twice_is_refused_or_picked(twice):
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ChanattrError, match="runs more than once"):
+        with capture(twice, "conv"):
+            twice(x)
+    with capture(twice, "conv", call=1) as acts:
+        twice(x)
+        twice(x)  # the call count restarts with every forward pass
+    with torch.no_grad():
+        assert torch.allclose(acts["conv"], twice.conv(twice.conv(x)))
+
+
+def test_non_tensor_output_is_refused():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair = Pair()
+
+        def forward(self, x):
+            return self.pair(x)[0]
+
+    net = Net()
+    with pytest.raises(ChanattrError, match="not a tensor"):
+        with capture(net, "pair"):
+            net(torch.zeros(1))
+
+
+def test_preserved_and_frozen_restore_the_model(tiny):
+    tiny.features[0].weight.requires_grad_(False)
+    tiny.fc.train()
+    before = model_state(tiny)
+    with frozen(tiny):
+        assert not any(p.requires_grad for p in tiny.parameters())
+        assert not any(m.training for m in tiny.modules())
+    assert model_state(tiny) == before
+    with pytest.raises(ValueError):
+        with preserved(tiny):
+            tiny.train()
+            raise ValueError
+    assert model_state(tiny) == before
