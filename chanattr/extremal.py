@@ -1,0 +1,277 @@
+"""The extremal-perturbation optimiser, shared by every perturbation space.
+
+A *space* (pixels: ``chanattr.pixel.PixelSpace``; channels of a layer:
+``chanattr.channel.ChannelSpace``) turns parameters into masks and runs the model on the
+input perturbed by a *keep* mask (1 keeps, 0 removes). This module holds what is the same
+in every space: the variants, the rewards, the ranking area constraint, the schedule, the
+stopping rule and the result.
+
+Mask convention (all variants): a mask marks the salient region, 1 inside. ``preserve``
+keeps only the region (keep = m) and maximises the reward; ``delete`` removes the region
+(keep = 1 - m) and minimises it; ``dual`` does both and maximises their difference. The
+area ``a`` is the fraction of mask entries (pixels or channels) in the region.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ChanattrError
+
+VARIANTS = ("preserve", "delete", "dual")
+REWARDS = ("simple", "contrastive")
+
+
+class PerturbationSpace(Protocol):
+    """What the optimiser needs from a space."""
+
+    num_images: int
+
+    def init_params(self, num_items: int, value: float) -> torch.Tensor:
+        """num_items x (parameters) tensor filled with ``value``."""
+
+    def masks(self, params: torch.Tensor) -> torch.Tensor:
+        """num_items x M mask entries in [0, 1]: what the area constraint counts."""
+
+    def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool) -> torch.Tensor:
+        """Model outputs (B x classes) with each image ``image_index[b]`` perturbed by ``keep[b]``
+        (B x M, as returned by ``masks``); ``flip``: mirror the input (ignored where meaningless)."""
+
+
+# --- rewards, area constraint -----------------------------------------------------------------
+
+
+def reward(logits: torch.Tensor, target: torch.Tensor, kind: str = "simple") -> torch.Tensor:
+    """Per-row reward: the target logit (``simple``), or the target logit minus the largest
+    other logit (``contrastive``). ``logits``: B x classes; ``target``: B class indices."""
+    t = logits.gather(1, target.view(-1, 1)).squeeze(1)
+    if kind == "simple":
+        return t
+    if kind == "contrastive":
+        others = logits.scatter(1, target.view(-1, 1), float("-inf"))
+        return t - others.max(1).values
+    raise ChanattrError(f"unknown reward {kind!r}: use {' or '.join(REWARDS)}")
+
+
+def area_reference(areas: torch.Tensor, size: int) -> torch.Tensor:
+    """K x size: for each area a, floor((1 - a) size) zeros followed by ones."""
+    zeros = torch.floor((1 - areas.double()) * size).long()
+    positions = torch.arange(size, device=areas.device)
+    return (positions[None, :] >= zeros[:, None]).to(torch.float32)
+
+
+def area_loss(masks: torch.Tensor, reference: torch.Tensor, tie_tol: float = 1e-6) -> torch.Tensor:
+    """Mean squared difference between each row's sorted values and its reference (B x M -> B).
+
+    Runs of equal values (within ``tie_tol``) are compared with the mean of their reference
+    entries, so ties are not broken by memory order: at the start, when every entry is
+    equal, the penalty pulls all of them alike and the reward alone decides which rise.
+    """
+    values = masks.sort(dim=1).values
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = (values[:, 1:] - values[:, :-1]).detach() > tie_tol
+    group = starts.long().cumsum(1) - 1
+    ref = reference.expand_as(values)
+    sums = torch.zeros_like(values).scatter_add_(1, group, ref)
+    counts = torch.zeros_like(values).scatter_add_(1, group, torch.ones_like(values))
+    ref = (sums / counts.clamp(min=1)).gather(1, group)
+    return ((values - ref) ** 2).mean(1)
+
+
+def check_areas(areas: Sequence[float] | float) -> list[float]:
+    """Areas as a list of fractions, each strictly inside (0, 1)."""
+    values = [float(areas)] if isinstance(areas, (int, float)) else [float(a) for a in areas]
+    if not values:
+        raise ChanattrError("give at least one area")
+    for a in values:
+        if not 0 < a < 1:
+            raise ChanattrError(f"area {a} is outside (0, 1): give fractions, e.g. 0.05 0.1 0.2")
+    return values
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise ChanattrError(f"unknown {what} {value!r}: use {', '.join(choices)}")
+    return value
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars: on when asked, or by default when stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+# --- the schedule ---------------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """How the optimisation runs.
+
+    Parameters start where the model sees the whole input (preserve: 1, delete: 0, dual:
+    0.5). Adam with learning rate ``lr`` (decayed by ``lr_decay`` over the run); the area weight
+    starts at ``area_weight`` and grows geometrically to ``area_weight_final`` at the last
+    iteration. After ``min_iterations``, every ``check_every`` iterations, the binarised
+    masks (> 0.5) are compared with those of the previous check: the run stops once fewer
+    than ``tol`` of their entries changed, ``patience`` checks in a row. ``jitter``: mirror
+    the input on every other iteration (pixel space).
+    """
+
+    iterations: int = 300
+    optimiser: str = "adam"
+    lr: float = 0.05
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    area_weight: float = 300.0
+    area_weight_final: float = 5000.0
+    jitter: bool = True
+    min_iterations: int = 100
+    check_every: int = 10
+    tol: float = 0.002
+    patience: int = 3
+
+    def weight_at(self, t: int) -> float:
+        if self.iterations <= 1:
+            return self.area_weight_final
+        growth = (self.area_weight_final / self.area_weight) ** (1 / (self.iterations - 1))
+        return self.area_weight * growth**t
+
+
+# --- the result -----------------------------------------------------------------------------
+
+
+@dataclass
+class ExtremalResult:
+    """Masks and diagnostics of one extremal-perturbation run over N images and K areas.
+
+    ``masks``: N x K x (mask shape) in [0, 1], 1 = the salient region (see module docs).
+    ``reward_history`` / ``area_history``: T x N x K, per iteration. The reward is that of
+    the perturbed input: high is good for ``preserve``, low for ``delete``; for ``dual``,
+    the preserved input's minus the deleted input's.
+    ``final_reward``: N x K, the reward of the final soft masks (no mirroring).
+    """
+
+    masks: torch.Tensor
+    areas: torch.Tensor
+    targets: torch.Tensor
+    variant: str
+    reward_kind: str
+    reward_history: torch.Tensor
+    area_history: torch.Tensor
+    final_reward: torch.Tensor
+    iterations: int
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return self.masks.shape[0]
+
+    def mask_area(self) -> torch.Tensor:
+        """N x K: the fraction of each mask's entries above 0.5."""
+        return (self.masks > 0.5).flatten(2).float().mean(2)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def optimise(
+    space: PerturbationSpace,
+    targets: torch.Tensor,
+    areas: Sequence[float],
+    *,
+    variant: str = "preserve",
+    reward_kind: str = "simple",
+    schedule: Schedule | None = None,
+    progress: bool | None = None,
+    description: str = "extremal perturbation",
+) -> tuple[torch.Tensor, dict]:
+    """Optimise one mask per (image, area) in one batch.
+
+    Returns the final parameters (N*K x ...) and a dict with the histories, the final
+    reward (N x K), the iterations run and the seconds taken. Items are ordered image-major:
+    item b is image ``b // K`` at area ``b % K``.
+    """
+    schedule = schedule or Schedule()
+    check_choice(variant, VARIANTS, "variant")
+    check_choice(reward_kind, REWARDS, "reward")
+    areas = check_areas(areas)
+    if schedule.iterations < 1:
+        raise ChanattrError("iterations must be at least 1")
+    n, k = space.num_images, len(areas)
+    device = targets.device
+    area_t = torch.tensor(areas, dtype=torch.float32, device=device)
+    image_index = torch.arange(n, device=device).repeat_interleave(k)
+    item_targets = targets.to(device).repeat_interleave(k)
+
+    # start from the unperturbed input: keep = 1 everywhere
+    init = {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant]
+    params = space.init_params(n * k, init).requires_grad_(True)
+    reference = area_reference(area_t, space.masks(params.detach()[:1]).shape[1]).repeat(n, 1)
+    if schedule.optimiser == "adam":
+        optimiser = torch.optim.Adam([params], lr=schedule.lr)
+    elif schedule.optimiser == "sgd":
+        optimiser = torch.optim.SGD([params], lr=schedule.lr, momentum=schedule.momentum, dampening=schedule.momentum)
+    else:
+        raise ChanattrError(f"unknown optimiser {schedule.optimiser!r}: use adam or sgd")
+    decay = schedule.lr_decay ** (1 / max(1, schedule.iterations - 1))
+    rewards, penalties = [], []
+    sign = -1.0 if variant == "delete" else 1.0  # delete makes the reward low
+    previous, calm = None, 0
+    start = time.perf_counter()
+    bar = tqdm(total=schedule.iterations, desc=description, disable=not show_progress(progress), leave=False)
+    t = 0
+    for t in range(schedule.iterations):
+        flip = schedule.jitter and t % 2 == 1
+        mask = space.masks(params)
+        value = _variant_reward(space, mask, image_index, item_targets, variant, reward_kind, flip)
+        penalty = area_loss(mask, reference)
+        loss = (schedule.weight_at(t) * penalty - sign * value).sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        for group in optimiser.param_groups:
+            group["lr"] *= decay
+        with torch.no_grad():
+            params.clamp_(0, 1)
+        rewards.append(value.detach().view(n, k))
+        penalties.append(penalty.detach().view(n, k))
+        bar.update(1)
+        if (t + 1) % schedule.check_every == 0:
+            binary = mask.detach() > 0.5
+            if previous is not None and t + 1 >= schedule.min_iterations:
+                changed = (binary != previous).float().mean().item()
+                calm = calm + 1 if changed < schedule.tol else 0
+                if calm >= schedule.patience:
+                    break
+            previous = binary
+    bar.close()
+    params = params.detach()
+    with torch.no_grad():
+        final = _variant_reward(space, space.masks(params), image_index, item_targets, variant, reward_kind, False)
+    seconds = time.perf_counter() - start
+    return params, {
+        "reward_history": torch.stack(rewards).cpu(),
+        "area_history": torch.stack(penalties).cpu(),
+        "final_reward": final.view(n, k).cpu(),
+        "iterations": t + 1,
+        "seconds": seconds,
+        "areas": area_t.cpu(),
+    }
+
+
+def _variant_reward(space, mask, image_index, targets, variant, kind, flip) -> torch.Tensor:
+    if variant == "preserve":
+        return reward(space.logits(mask, image_index, flip), targets, kind)
+    if variant == "delete":
+        return reward(space.logits(1 - mask, image_index, flip), targets, kind)
+    both = space.logits(torch.cat([mask, 1 - mask]), torch.cat([image_index, image_index]), flip)
+    r = reward(both, torch.cat([targets, targets]), kind)
+    return r[: mask.shape[0]] - r[mask.shape[0] :]

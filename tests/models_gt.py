@@ -1,0 +1,130 @@
+"""Ground-truth models for tests: outputs that provably depend on a known region or channel set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RegionNet(nn.Module):
+    """Class 0 responds to fine detail (squared Laplacian) inside one rectangle only.
+
+    Blurring the rectangle lowers the logit; blurring elsewhere hardly changes it. Class 1
+    is a constant. ``box`` = (top, left, height, width) in pixels.
+    """
+
+    def __init__(self, size: int, box: tuple[int, int, int, int], outside: float = 0.02) -> None:
+        super().__init__()
+        top, left, h, w = box
+        lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        self.detail = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+        self.detail.weight.data = lap.expand(1, 3, 3, 3).clone() / 3
+        weight = torch.full((1, 1, size, size), outside)
+        weight[..., top : top + h, left : left + w] = 1.0
+        self.register_buffer("where", weight / weight.sum())
+        self.head = nn.Linear(1, 2)
+        self.head.weight.data = torch.tensor([[1.5], [0.0]])  # logit about 10 on unit noise
+        self.head.bias.data = torch.tensor([0.0, 1.0])
+
+    def forward(self, x):
+        energy = (self.detail(x) ** 2 * self.where).sum((1, 2, 3))
+        return self.head(energy[:, None])
+
+
+def box_mask(size: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+    top, left, h, w = box
+    m = torch.zeros(size, size, dtype=torch.bool)
+    m[top : top + h, left : left + w] = True
+    return m
+
+
+def textured(size: int, n: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+PLANTED = [3, 7, 11]
+
+
+def _planted_head(channels: int, classes: int = 3) -> nn.Linear:
+    fc = nn.Linear(channels, classes)
+    with torch.no_grad():
+        fc.weight.fill_(0.01)
+        fc.weight[0, PLANTED] = 1.0  # class 0 rests on the planted channels
+        fc.weight[1] = 0.05
+        fc.bias.zero_()
+    return fc
+
+
+class PlantedConvNet(nn.Module):
+    """A plain conv stack; class 0 depends (almost) only on channels ``PLANTED`` of
+    ``features.2`` (16 channels, each about 1 on any input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        with torch.no_grad():
+            self.features[2].weight.mul_(0.01)
+            self.features[2].bias.fill_(1.0)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = _planted_head(16)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.out = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.out(x + self.conv2(self.relu(self.conv1(x))))
+
+
+class PlantedResNet(nn.Module):
+    """A residual block with in-place ReLUs; class 0 depends (almost) only on channels
+    ``PLANTED`` of ``block.conv2`` (16 channels). The skip connection jumps over it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = Block(16)
+        with torch.no_grad():
+            self.stem.weight.mul_(0.01)
+            self.stem.bias.zero_()
+            self.block.conv2.weight.mul_(0.01)
+            self.block.conv2.bias.fill_(1.0)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = _planted_head(16)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.block(self.stem(x))).flatten(1))
+
+
+class PlantedMLP(nn.Module):
+    """A vector (N x C) layer: class 0 depends on units ``PLANTED`` of ``hidden``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.flat = nn.Flatten()
+        self.hidden = nn.Linear(3 * 8 * 8, 16)
+        with torch.no_grad():
+            self.hidden.weight.mul_(0.01)
+            self.hidden.bias.fill_(1.0)
+        self.act = nn.ReLU()
+        self.fc = _planted_head(16)
+
+    def forward(self, x):
+        return self.fc(self.act(self.hidden(self.flat(x))))

@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+from chanattr import ChanattrError, model_state
+from chanattr.evaluation import area_curve, extremal_score, top_fraction
+from chanattr.extremal import area_loss, area_reference, reward
+from chanattr.perturbations import BlurPyramid, gaussian_blur
+from chanattr.pixel import extremal_perturbation
+from chanattr.smooth_mask import SmoothMask
+
+from models_gt import RegionNet, box_mask, textured
+
+SIZE = 48
+# top, left, height, width: 400 px = 17 % of the image; centred left to right, so that the
+# model responds to the same region in the mirrored input (the optimiser mirrors every other step)
+BOX = (6, 14, 20, 20)
+AREA = 400 / SIZE**2
+
+
+@pytest.fixture(scope="module")
+def region():
+    torch.manual_seed(0)
+    return RegionNet(SIZE, BOX).eval()
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def top_pixels(mask: torch.Tensor, area: float) -> torch.Tensor:
+    return top_fraction(mask[None], torch.tensor([area]))[0].bool()
+
+
+def test_reward_simple_and_contrastive():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, -1.0]])
+    t = torch.tensor([1, 0])
+    assert reward(logits, t, "simple").tolist() == [3.0, 5.0]
+    assert reward(logits, t, "contrastive").tolist() == [1.0, 5.0]
+
+
+def test_area_reference_and_loss():
+    ref = area_reference(torch.tensor([0.25, 0.5]), 8)
+    assert ref.tolist() == [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]]
+    perfect = torch.tensor([[0, 1, 0, 0, 0, 0, 0, 1.0]])
+    assert area_loss(perfect, ref[:1]).item() == 0
+    distinct = torch.linspace(0.3, 1.0, 8)[None]  # sorted already: the two largest should be 1
+    expected = ((distinct - ref[:1]) ** 2).mean()
+    assert area_loss(distinct.flip(1), ref[:1]).item() == pytest.approx(expected.item())
+    # ties are compared with their mean reference (0.25 here), not broken by memory order
+    assert area_loss(torch.ones(1, 8), ref[:1]).item() == pytest.approx(0.75**2)
+    tied = torch.ones(1, 8, requires_grad=True)
+    area_loss(tied, ref[:1]).sum().backward()
+    assert torch.allclose(tied.grad, tied.grad[0, 0].expand_as(tied.grad))
+
+
+def test_blur_pyramid_ends_and_interpolation():
+    x = textured(16, 2)
+    pyr = BlurPyramid(x, levels=5, max_sigma=3.0)
+    idx = torch.tensor([0, 1])
+    ones, zeros = torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    assert torch.allclose(pyr.apply(ones, idx), x, atol=1e-6)
+    assert torch.allclose(pyr.apply(zeros, idx), gaussian_blur(x, 3.0), atol=1e-5)
+    half = pyr.apply(torch.full((2, 1, 16, 16), 0.125), idx)  # halfway between levels 0 and 1
+    assert torch.allclose(half, 0.5 * (gaussian_blur(x, 3.0) + gaussian_blur(x, 2.25)), atol=1e-5)
+
+
+def test_smooth_mask_is_smooth_bounded_and_local():
+    sm = SmoothMask((64, 64), step=4, sigma=6)
+    p = torch.zeros(1, *sm.grid)
+    p[0, 8 + 4, 8 + 4] = 1.0  # one bump near the centre (34 px, 34 px); 4 cells of margin
+    m = sm.upsample(sm.work_mask(p))[0, 0]
+    assert m.max() <= 1 and m.min() >= 0
+    assert m[34, 34] > 0.9 and m[5, 5] < 1e-3 and m[34, 60] < 1e-3
+    full = sm.upsample(sm.work_mask(torch.ones(1, *sm.grid)))
+    assert full.min() > 0.99  # the smooth max of all-one bumps is just below 1
+
+
+def test_preserve_finds_the_region(region):
+    x = textured(SIZE)
+    before = model_state(region)
+    r = extremal_perturbation(region, x, 0, [AREA], iterations=150, progress=False)
+    assert model_state(region) == before
+    assert r.masks.shape == (1, 1, SIZE, SIZE) and r.masks.min() >= 0 and r.masks.max() <= 1
+    assert iou(top_pixels(r.masks[0, 0], AREA), box_mask(SIZE, BOX)) >= 0.7
+    assert r.reward_history.shape == (r.iterations, 1, 1) and r.area_history.shape == (r.iterations, 1, 1)
+
+
+def test_delete_finds_the_region(region):
+    x = textured(SIZE)
+    r = extremal_perturbation(region, x, 0, [AREA], variant="delete", iterations=150, progress=False)
+    assert iou(top_pixels(r.masks[0, 0], AREA), box_mask(SIZE, BOX)) >= 0.7
+    with torch.no_grad():
+        assert r.final_reward[0, 0] < region(x)[0, 0]  # the region removed, the logit falls
+
+
+def test_area_constraint_holds_for_several_areas(region):
+    areas = [0.05, 0.15, 0.3]
+    r = extremal_perturbation(region, textured(SIZE), 0, areas, iterations=120, progress=False)
+    for a, actual in zip(areas, r.mask_area()[0].tolist()):
+        assert abs(actual - a) <= 0.2 * a
+
+
+def test_batched_equals_one_at_a_time(region):
+    x = textured(SIZE, 2, seed=3)
+    kw = dict(iterations=40, progress=False)
+    both = extremal_perturbation(region, x, [0, 1], [0.1, 0.2], **kw)
+    for i in range(2):
+        one = extremal_perturbation(region, x[i], i, [0.1, 0.2], **kw)
+        assert torch.allclose(both.masks[i], one.masks[0], atol=1e-4)
+    again = extremal_perturbation(region, x, [0, 1], [0.1, 0.2], **kw)
+    assert torch.equal(both.masks, again.masks)  # deterministic
+
+
+def test_dual_and_fade_and_contrastive_run(region):
+    x = textured(SIZE)
+    r = extremal_perturbation(region, x, 0, [AREA], variant="dual", perturbation="fade", reward="contrastive",
+                              iterations=20, progress=False)
+    assert r.masks.shape == (1, 1, SIZE, SIZE) and r.variant == "dual"
+
+
+def test_extremal_score_and_area_curve(region):
+    x = textured(SIZE)
+    perfect = box_mask(SIZE, BOX).float()[None, None]
+    wrong = perfect.flip(-1).flip(-2)
+    s = extremal_score(region, x, torch.cat([perfect, wrong], 1), 0, [AREA, AREA])
+    assert s[0, 0] > s[0, 1]
+    d = extremal_score(region, x, torch.cat([perfect, wrong], 1), 0, [AREA, AREA], variant="delete")
+    assert d[0, 0] < d[0, 1]
+    curve = area_curve(region, x, torch.cat([perfect, wrong], 1), 0, [0.02, AREA, 0.5])
+    assert curve.shape == (1, 3) and curve[0, 1] >= s[0, 0] - 1e-5
+
+
+def test_top_fraction_exact_count():
+    m = torch.rand(3, 10, 10)
+    keep = top_fraction(m, torch.tensor([0.0, 0.123, 1.0]))
+    assert keep.flatten(1).sum(1).tolist() == [0, 12, 100]
+    assert keep[1].flatten()[m[1].flatten().argmax()] == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(areas=[0.0]), "outside \\(0, 1\\)"),
+    (dict(areas=[1.2]), "outside \\(0, 1\\)"),
+    (dict(variant="keep"), "unknown variant"),
+    (dict(reward="best"), "unknown reward"),
+    (dict(perturbation="noise"), "unknown perturbation"),
+])
+def test_bad_arguments(region, kwargs, match):
+    args = dict(areas=[0.1], iterations=2, progress=False) | kwargs
+    before = model_state(region)
+    with pytest.raises(ChanattrError, match=match):
+        extremal_perturbation(region, textured(SIZE), 0, **args)
+    assert model_state(region) == before
