@@ -241,6 +241,7 @@ def channel_extremal_perturbation(
         reward_history=out["reward_history"],
         area_history=out["area_history"],
         final_reward=out["final_reward"],
+        binary_reward=out["binary_reward"],
         iterations=out["iterations"],
         seconds=out["seconds"],
         info={"space": "channel", "layer": layer, "path": space.path, "split_reason": space.reason,

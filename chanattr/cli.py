@@ -124,6 +124,220 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_args(p: argparse.ArgumentParser, *, areas: Sequence[float]) -> None:
+    """Arguments shared by the extremal-perturbation commands."""
+    p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
+    p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
+    p.add_argument("--areas", type=float, nargs="+", default=list(areas), metavar="A",
+                   help=f"areas as fractions in (0, 1) (default {' '.join(str(a) for a in areas)})")
+    p.add_argument("--variant", choices=["preserve", "delete", "dual"], default="preserve",
+                   help="keep only the region (preserve, default), remove it (delete), or both (dual)")
+    p.add_argument("--reward", choices=["simple", "contrastive"], default="simple",
+                   help="target logit (simple, default) or target minus the best other logit (contrastive)")
+    p.add_argument("--iterations", type=int, metavar="N", help="most iterations (the run stops once the masks settle)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a sub-folder per image when several)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def resolve_targets(lm, x, target: str):
+    """``auto``: each image's top-1 class; else one class index for every image."""
+    import torch
+
+    if target == "auto":
+        with torch.no_grad():
+            return lm.model(x).argmax(1)
+    try:
+        index = int(target)
+    except ValueError:
+        raise ChanattrError(f"--target must be a class index or auto, not {target!r}") from None
+    lm.check_target(index)
+    return torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+
+
+def _prepare_run(args, files: Sequence[str]):
+    """Model, images, output folders (checked before any work) and targets of a run."""
+    import torch
+
+    from .extremal import check_areas
+    from .images import prepare_images
+    from .outputs import image_dirs, output_dir
+
+    check_areas(args.areas)
+    if args.iterations is not None and args.iterations < 1:
+        raise ChanattrError("--iterations must be at least 1")
+    lm = model_from_args(args)
+    images = prepare_images(args.image, lm.preprocessing)
+    dirs = [output_dir(d, files, args.overwrite) for d in image_dirs(args.out, [im.name for im in images])]
+    x = torch.stack([im.input for im in images]).to(lm.device)
+    targets = resolve_targets(lm, x, args.target)
+    return lm, images, dirs, x, targets
+
+
+def _setup_explain(p: argparse.ArgumentParser) -> None:
+    add_run_args(p, areas=(0.05, 0.1, 0.2))
+    p.add_argument("--perturbation", choices=["blur", "fade"], default="blur",
+                   help="what removing a pixel means: blur (default) or fade to the normalisation mean")
+    p.add_argument("--batch-images", type=int, default=4, metavar="N", help="images optimised together (default 4)")
+    add_model_args(p)
+
+
+@command("explain", "extremal perturbations over input pixels", _setup_explain)
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .outputs import write_explain
+    from .pixel import extremal_perturbation
+
+    files = ("masks.npz", "summary.json", "explain.png")
+    lm, images, dirs, x, targets = _prepare_run(args, files)
+    step = max(1, args.batch_images)
+    for start in range(0, len(images), step):
+        sl = slice(start, start + step)
+        result = extremal_perturbation(
+            lm.model, x[sl], targets[sl], args.areas, variant=args.variant, perturbation=args.perturbation,
+            reward=args.reward, iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False,
+        )
+        for i, (img, folder) in enumerate(zip(images[sl], dirs[sl])):
+            write_explain(folder, lm, img, x[sl][i], result, i)
+            print(f"{img.name}: target {int(targets[sl][i])} ({lm.class_name(int(targets[sl][i]))}), "
+                  f"{result.iterations} iterations, {result.seconds:.1f} s -> {folder}")
+    return 0
+
+
+def _setup_channels(p: argparse.ArgumentParser) -> None:
+    add_run_args(p, areas=(0.02, 0.05, 0.1))
+    p.add_argument("--layer", required=True, help="dotted layer name (see chanattr layers)")
+    p.add_argument("--baseline", choices=["zero", "mean"], default="zero",
+                   help="what a removed channel becomes: zero (default) or its spatial mean in this image")
+    p.add_argument("--full-path", action="store_true", help="run the whole network every iteration (no split)")
+    add_model_args(p)
+
+
+@command("channels", "extremal perturbations over the channels of a layer", _setup_channels)
+def cmd_channels(args: argparse.Namespace) -> int:
+    from .channel import ChannelSpace, channel_extremal_perturbation
+    from .outputs import write_channels
+    from .hooks import frozen
+
+    files = ("channels.npz", "summary.json", "channels.png")
+    lm, images, dirs, x, targets = _prepare_run(args, files)
+    with frozen(lm.model):
+        space = ChannelSpace(lm.model, x, args.layer, baseline=args.baseline,
+                             split="full" if args.full_path else "auto")
+        result = channel_extremal_perturbation(
+            lm.model, x, targets, args.layer, args.areas, variant=args.variant, reward=args.reward,
+            iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False, space=space,
+        )
+        write_channels(dirs, lm, images, x, result, space)
+    for img, folder, t in zip(images, dirs, targets.tolist()):
+        print(f"{img.name}: target {t} ({lm.class_name(t)}), layer {args.layer} ({space.num_channels} channels, "
+              f"{space.path} path), {result.iterations} iterations, {result.seconds:.1f} s -> {folder}")
+    return 0
+
+
+def _parse_channels(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ChanattrError(f"--channels takes auto, all or indices like 3,17,42; got {text!r}") from None
+
+
+def _setup_invert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="image file, or a bundled sample: chelsea, coffee, astronaut, rocket")
+    p.add_argument("--layer", required=True, help="dotted layer name (see chanattr layers)")
+    p.add_argument("--channels", default="auto",
+                   help="auto (run the channel extremal perturbation first), all, or indices I,J,K (default auto)")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="take the salient channels from a `chanattr channels` (or prunegrad) output folder")
+    p.add_argument("--area", type=float, metavar="A",
+                   help="fraction of channels in the salient subset (default: 0.05, or the smallest area in --from)")
+    p.add_argument("--iterations", type=int, default=300, metavar="N", help="inversion steps (default 300)")
+    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
+                   help="image parameterisation: Lucent's Fourier image (default) or plain pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_args(p)
+
+
+@command("invert", "feature inversion of a layer's salient channels (and of all, and of the rest)", _setup_invert)
+def cmd_invert(args: argparse.Namespace) -> int:
+    from .images import prepare_image
+    from .outputs import output_dir, salient_channels, write_inversion
+
+    if args.iterations < 1:
+        raise ChanattrError("--iterations must be at least 1")
+    if args.area is not None and not 0 < args.area < 1:
+        raise ChanattrError(f"--area {args.area} is outside (0, 1)")
+    folder = output_dir(args.out, ("inversion.png", "inversions.npz"), args.overwrite)
+    lm = model_from_args(args)
+    img = prepare_image(args.image, lm.preprocessing)
+    x = img.input[None].to(lm.device)
+    subset, how = salient_channels(lm, x, args.layer, args.channels, args.from_dir, args.area,
+                                   progress=not args.no_progress, parse=_parse_channels)
+    summary = write_inversion(folder, lm, img, x, args.layer, subset, how, iterations=args.iterations,
+                              param=args.param, seed=args.seed, progress=None if not args.no_progress else False)
+    print(f"{img.name}: inverted {args.layer} from {summary['counts']} channels ({how}), "
+          f"{summary['seconds']:.1f} s -> {folder}")
+    return 0
+
+
+def _setup_visualize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", required=True, help="dotted layer name (see chanattr layers)")
+    p.add_argument("--channels", help="channel indices I,J,K")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="visualise the top channels of a `chanattr channels` (or prunegrad) output folder")
+    p.add_argument("--top", type=int, default=12, metavar="N", help="with --from: how many channels (default 12)")
+    p.add_argument("--iterations", type=int, default=256, metavar="N", help="optimisation steps (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_args(p)
+
+
+@command("visualize", "feature visualisation (activation maximisation) of channels, as a grid", _setup_visualize)
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .outputs import output_dir, read_channel_result, write_visualisation
+
+    if (args.channels is None) == (args.from_dir is None):
+        raise ChanattrError("give either --channels I,J,K or --from DIR")
+    if args.iterations < 1:
+        raise ChanattrError("--iterations must be at least 1")
+    folder = output_dir(args.out, ("channels.png", "visualizations.npz"), args.overwrite)
+    lm = model_from_args(args)
+    if args.channels is not None:
+        channels, labels = _parse_channels(args.channels), None
+        if not channels:
+            raise ChanattrError("--channels is empty: give indices like 3,17,42")
+    else:
+        found = read_channel_result(args.from_dir, args.layer)
+        order = found["ranking"][: max(1, args.top)]
+        channels = [int(c) for c in order]
+        labels = [f"#{c}  m={found['values'][c]:.2f}" for c in channels]
+    summary = write_visualisation(folder, lm, args.layer, channels, labels, iterations=args.iterations,
+                                  seed=args.seed, progress=None if not args.no_progress else False)
+    print(f"visualised {len(channels)} channels of {args.layer} in {summary['seconds']:.1f} s -> {folder}")
+    return 0
+
+
+def _setup_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="chanattr-demo", metavar="DIR", help="output folder (default chanattr-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@command("demo", "the whole pipeline on the bundled model and photo, as one HTML report", _setup_demo)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    path = run_demo(args.out, overwrite=args.overwrite, progress=None if not args.no_progress else False)
+    print(f"demo report: {path.resolve()}")
+    print(f"figures and arrays: {path.parent.resolve()}/{{explain,channels,invert}}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line: what is wrong and where to look."""
 

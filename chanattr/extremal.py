@@ -86,6 +86,24 @@ def area_loss(masks: torch.Tensor, reference: torch.Tensor, tie_tol: float = 1e-
     return ((values - ref) ** 2).mean(1)
 
 
+def top_fraction(masks: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Binary masks with exactly round(f * P) ones at the highest values of each mask.
+
+    ``masks``: B x (any shape) with P entries each; ``fractions``: B fractions in [0, 1]."""
+    flat = masks.reshape(masks.shape[0], -1)
+    count = torch.round(fractions.to(flat.device, torch.float64) * flat.shape[1]).long()
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return (ranks < count[:, None]).to(masks.dtype).view_as(masks)
+
+
+def harden(masks: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """The top-``fraction`` binary masks in the forward pass, the soft masks' gradient in the
+    backward pass (straight-through)."""
+    return top_fraction(masks.detach(), fractions) + masks - masks.detach()
+
+
 def check_areas(areas: Sequence[float] | float) -> list[float]:
     """Areas as a list of fractions, each strictly inside (0, 1)."""
     values = [float(areas)] if isinstance(areas, (int, float)) else [float(a) for a in areas]
@@ -122,6 +140,11 @@ class Schedule:
     masks (> 0.5) are compared with those of the previous check: the run stops once fewer
     than ``tol`` of their entries changed, ``patience`` checks in a row. ``jitter``: mirror
     the input on every other iteration (pixel space).
+
+    From the fraction ``harden`` of the iterations on, the model sees the binary masks (the
+    top a of each mask, straight-through gradients): what the extremal score measures. Each
+    mask's best binary reward so far is kept, and its parameters are what the run returns.
+    ``harden=1`` never binarises (soft masks throughout, the last ones returned).
     """
 
     iterations: int = 300
@@ -131,7 +154,10 @@ class Schedule:
     momentum: float = 0.9
     area_weight: float = 300.0
     area_weight_final: float = 5000.0
+    start: str = "input"
+    init_noise: float = 0.0
     jitter: bool = True
+    harden: float = 1.0
     min_iterations: int = 100
     check_every: int = 10
     tol: float = 0.002
@@ -155,7 +181,9 @@ class ExtremalResult:
     ``reward_history`` / ``area_history``: T x N x K, per iteration. The reward is that of
     the perturbed input: high is good for ``preserve``, low for ``delete``; for ``dual``,
     the preserved input's minus the deleted input's.
-    ``final_reward``: N x K, the reward of the final soft masks (no mirroring).
+    ``final_reward``: N x K, the reward of the returned soft masks (no mirroring);
+    ``binary_reward``: N x K, that of their binary top-a versions (the extremal score's
+    keep set, with this run's perturbation).
     """
 
     masks: torch.Tensor
@@ -166,6 +194,7 @@ class ExtremalResult:
     reward_history: torch.Tensor
     area_history: torch.Tensor
     final_reward: torch.Tensor
+    binary_reward: torch.Tensor
     iterations: int
     seconds: float
     info: dict = field(default_factory=dict)
@@ -207,14 +236,21 @@ def optimise(
         raise ChanattrError("iterations must be at least 1")
     n, k = space.num_images, len(areas)
     device = targets.device
-    area_t = torch.tensor(areas, dtype=torch.float32, device=device)
+    area_t = torch.tensor(areas, dtype=torch.float64)  # exact fractions, on the CPU
     image_index = torch.arange(n, device=device).repeat_interleave(k)
     item_targets = targets.to(device).repeat_interleave(k)
 
-    # start from the unperturbed input: keep = 1 everywhere
-    init = {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant]
-    params = space.init_params(n * k, init).requires_grad_(True)
-    reference = area_reference(area_t, space.masks(params.detach()[:1]).shape[1]).repeat(n, 1)
+    if schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
+        init = torch.full((n * k, 1), {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant], device=device)
+    elif schedule.start == "area":  # every entry at its area's level
+        init = area_t.to(device=device, dtype=torch.float32).repeat(n)[:, None]
+    else:
+        raise ChanattrError(f"unknown start {schedule.start!r}: use input or area")
+    params = space.init_params(n * k, 0.0) + init
+    if schedule.init_noise > 0:  # seeded by the caller (torch's global generator)
+        params = (params + schedule.init_noise * torch.randn_like(params)).clamp(0, 1)
+    params.requires_grad_(True)
+    reference = area_reference(area_t, space.masks(params.detach()[:1]).shape[1]).to(device).repeat(n, 1)
     if schedule.optimiser == "adam":
         optimiser = torch.optim.Adam([params], lr=schedule.lr)
     elif schedule.optimiser == "sgd":
@@ -224,6 +260,10 @@ def optimise(
     decay = schedule.lr_decay ** (1 / max(1, schedule.iterations - 1))
     rewards, penalties = [], []
     sign = -1.0 if variant == "delete" else 1.0  # delete makes the reward low
+    item_areas = area_t.repeat(n)
+    hard_from = schedule.iterations if schedule.harden >= 1 else int(schedule.harden * schedule.iterations)
+    best_params = params.detach().clone()
+    best = torch.full((n * k,), float("-inf"), device=device)  # best objective of a binary mask
     previous, calm = None, 0
     start = time.perf_counter()
     bar = tqdm(total=schedule.iterations, desc=description, disable=not show_progress(progress), leave=False)
@@ -231,8 +271,14 @@ def optimise(
     for t in range(schedule.iterations):
         flip = schedule.jitter and t % 2 == 1
         mask = space.masks(params)
-        value = _variant_reward(space, mask, image_index, item_targets, variant, reward_kind, flip)
+        binary = t >= hard_from
+        seen = harden(mask, item_areas) if binary else mask
+        value = _variant_reward(space, seen, image_index, item_targets, variant, reward_kind, flip)
         penalty = area_loss(mask, reference)
+        if binary and not flip:  # the exact binary score of the current parameters
+            better = sign * value.detach() > best
+            best = torch.where(better, sign * value.detach(), best)
+            best_params[better] = params.detach()[better]
         loss = (schedule.weight_at(t) * penalty - sign * value).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,25 +291,35 @@ def optimise(
         penalties.append(penalty.detach().view(n, k))
         bar.update(1)
         if (t + 1) % schedule.check_every == 0:
-            binary = mask.detach() > 0.5
-            if previous is not None and t + 1 >= schedule.min_iterations:
-                changed = (binary != previous).float().mean().item()
+            now = mask.detach() > 0.5
+            if previous is not None and t + 1 >= max(schedule.min_iterations, hard_from + schedule.check_every):
+                changed = (now != previous).float().mean().item()
                 calm = calm + 1 if changed < schedule.tol else 0
                 if calm >= schedule.patience:
                     break
-            previous = binary
+            previous = now
     bar.close()
     params = params.detach()
     with torch.no_grad():
-        final = _variant_reward(space, space.masks(params), image_index, item_targets, variant, reward_kind, False)
+        last = space.masks(params)
+        last_value = _variant_reward(space, harden(last, item_areas), image_index, item_targets, variant,
+                                     reward_kind, False)
+        better = sign * last_value > best
+        best_params[better] = params[better]
+        params = best_params if hard_from < schedule.iterations else params
+        masks = space.masks(params)
+        final = _variant_reward(space, masks, image_index, item_targets, variant, reward_kind, False)
+        final_binary = _variant_reward(space, harden(masks, item_areas), image_index, item_targets, variant,
+                                       reward_kind, False)
     seconds = time.perf_counter() - start
     return params, {
         "reward_history": torch.stack(rewards).cpu(),
         "area_history": torch.stack(penalties).cpu(),
         "final_reward": final.view(n, k).cpu(),
+        "binary_reward": final_binary.view(n, k).cpu(),
         "iterations": t + 1,
         "seconds": seconds,
-        "areas": area_t.cpu(),
+        "areas": area_t,
     }
 
 

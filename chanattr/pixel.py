@@ -71,15 +71,16 @@ class PixelSpace:
         return torch.full((num_items, self.smooth.num_params), float(value), device=self.images.device)
 
     def masks(self, params: torch.Tensor) -> torch.Tensor:
-        return self.smooth.work_mask(params)
+        """B x (H*W): the smooth masks at the input's resolution (what the area counts)."""
+        return self.smooth.upsample(self.smooth.work_mask(params)).flatten(1)
 
     def full_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """B x M working-grid masks -> B x H x W at the input's resolution."""
-        return self.smooth.upsample(masks)[:, 0]
+        """B x (H*W) -> B x H x W."""
+        return masks.view(masks.shape[0], *self.images.shape[-2:])
 
     def perturb(self, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """The images seen by the model for keep masks (B x M)."""
-        return self.perturbation.apply(self.smooth.upsample(keep), image_index)
+        """The images seen by the model for keep masks (B x H*W)."""
+        return self.perturbation.apply(keep.view(keep.shape[0], 1, *self.images.shape[-2:]), image_index)
 
     def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool) -> torch.Tensor:
         x = self.perturb(keep, image_index)
@@ -148,6 +149,7 @@ def extremal_perturbation(
         reward_history=out["reward_history"],
         area_history=out["area_history"],
         final_reward=out["final_reward"],
+        binary_reward=out["binary_reward"],
         iterations=out["iterations"],
         seconds=out["seconds"],
         info={"space": "pixel", "perturbation": perturbation, "step": space.step, "sigma": space.sigma,

@@ -30,7 +30,7 @@ class SmoothMask:
     ``sigma``: bump radius in pixels; ``temperature``: of the smooth max;
     ``reach``: bumps further than ``reach * sigma`` from a pixel are left out
     (k(2.5) < 4e-4); ``oversample``: working-grid points per parameter spacing.
-    The grid (``self.grid``) includes a margin of parameters outside the image.
+    ``self.grid`` is the parameter grid over the image (32 x 32 for 224 px at step 7).
     """
 
     def __init__(
@@ -50,12 +50,14 @@ class SmoothMask:
         self.work = (inner[0] * oversample, inner[1] * oversample)
         self.temperature = temperature
         radius = reach * sigma
-        # The parameter grid extends past the image by the bumps' reach, so that every pixel
-        # sees the same neighbourhood of bumps: a uniform parameter gives a uniform mask, with
-        # no bias towards the border.
+        # The bumps extend past the image by their reach, so that every pixel sees the same
+        # neighbourhood of bumps (a uniform parameter gives a uniform mask, with no bias
+        # towards the border). Bumps outside the image copy the nearest parameter inside
+        # (replicate padding): they are not free parameters of their own.
         margin = (math.ceil(radius / (h / inner[0])), math.ceil(radius / (w / inner[1])))
-        self.grid = (inner[0] + 2 * margin[0], inner[1] + 2 * margin[1])
-        gh, gw = self.grid
+        self.grid = inner
+        self.margin = margin
+        gh, gw = inner[0] + 2 * margin[0], inner[1] + 2 * margin[1]
         cy = (torch.arange(gh, dtype=torch.float64) - margin[0] + 0.5) * h / inner[0]
         cx = (torch.arange(gw, dtype=torch.float64) - margin[1] + 0.5) * w / inner[1]
         py = (torch.arange(self.work[0], dtype=torch.float64) + 0.5) * h / self.work[0]
@@ -90,7 +92,10 @@ class SmoothMask:
 
     def work_mask(self, params: torch.Tensor) -> torch.Tensor:
         """B x gh*gw parameters -> B x (work h * work w) mask values in [0, 1]."""
-        g = params.reshape(params.shape[0], -1)[:, self.index] * self.weight  # B x P x n
+        grid = params.reshape(params.shape[0], 1, *self.grid)
+        my, mx = self.margin
+        padded = F.pad(grid, (mx, mx, my, my), mode="replicate").flatten(1)
+        g = padded[:, self.index] * self.weight  # B x P x n
         logits = (self.temperature * g).masked_fill(~self.valid, float("-inf"))
         return (g * torch.softmax(logits, dim=-1)).sum(-1)  # in [0, max g], so in [0, 1]
 

@@ -143,3 +143,37 @@ def split_at(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[Split
     except Exception as e:  # tracing can fail on data-dependent control flow, and more
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, f"torch.fx could not split the model at {layer!r} ({type(e).__name__}: {first[:160]})"
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer has run."""
+
+
+def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
+    """A function ``x -> output of layer`` (differentiable in ``x``) that runs only what the
+    layer needs: the split's prefix where the model can be split, else a forward pass with a
+    hook that stops the pass once the layer has run. Returns ``(fn, path)``."""
+    split, _ = split_at(model, layer, example)
+    if split is not None:
+        return (lambda x: split.prefix(x)[0]), "split"
+    module = get_layer(model, layer)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        store = {}
+
+        def hook(_m, _i, output):
+            store["out"] = output
+            raise _Stop
+
+        handle = module.register_forward_hook(hook)
+        try:
+            model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if "out" not in store:
+            raise RuntimeError(f"layer {layer!r} did not run in the forward pass")
+        return store["out"]
+
+    return run, "full"

@@ -128,3 +128,8 @@ class PlantedMLP(nn.Module):
 
     def forward(self, x):
         return self.fc(self.act(self.hidden(self.flat(x))))
+
+
+def region_net() -> RegionNet:
+    """Factory for the command-line tests (``--model tests/models_gt.py:region_net``)."""
+    return RegionNet(48, (6, 14, 20, 20))

@@ -14,20 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import ChanattrError
+from ..extremal import top_fraction
 from ..hooks import frozen
 from ..perturbations import gaussian_blur
-
-
-def top_fraction(masks: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """Binary masks with exactly round(f * P) ones at the highest values of each mask.
-
-    ``masks``: B x (any shape) with P entries each; ``fractions``: B fractions in [0, 1]."""
-    flat = masks.reshape(masks.shape[0], -1)
-    count = torch.round(fractions.to(flat.dtype) * flat.shape[1]).long()
-    order = flat.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
-    return (ranks < count[:, None]).to(masks.dtype).view_as(masks)
 
 
 @torch.no_grad()

@@ -1,0 +1,285 @@
+"""Writing command outputs: folders that never overwrite what a user wrote without asking,
+``.npz`` arrays and ``summary.json`` files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .errors import ChanattrError
+
+
+def output_dir(path: str | Path, files: Iterable[str], overwrite: bool = False) -> Path:
+    """Create ``path`` (and parents) for writing ``files``; refuse, with a hint, if any of
+    them already exists there unless ``overwrite``."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ChanattrError(f"{p} exists and is not a folder: give another --out")
+    clash = [f for f in files if (p / f).exists()]
+    if clash and not overwrite:
+        raise ChanattrError(f"{p / clash[0]} already exists: pass --overwrite to replace it, or give another --out")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def image_dirs(out: str | Path, names: list[str]) -> list[Path]:
+    """One folder: ``out`` itself for one image, ``out/<name>`` for each of several."""
+    base = Path(out)
+    return [base] if len(names) == 1 else [base / n for n in names]
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(_plain(data), indent=2) + "\n", encoding="utf-8")
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    """Save arrays (tensors converted; floats as float32) compressed."""
+    out = {}
+    for key, value in arrays.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(np.float32)
+        out[key] = value
+    np.savez_compressed(path, **out)
+
+
+# --- what the commands write ------------------------------------------------------------------
+
+
+def _curve_areas(areas: list[float]) -> list[float]:
+    top = min(0.9, max(areas) * 1.5)
+    grid = np.linspace(min(0.01, min(areas)), top, 20).tolist()
+    return sorted(set(round(a, 4) for a in grid + list(areas)))
+
+
+def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) -> dict:
+    """``masks.npz``, ``summary.json`` and ``explain.png`` for image ``index`` of a pixel result."""
+    from .evaluation import area_curve, extremal_score
+    from .perturbations import make_perturbation
+    from .plotting import plot_explain
+
+    masks = result.masks[index]  # K x H x W
+    areas = result.areas.tolist()
+    target = int(result.targets[index])
+    x1 = x[None]
+    with torch.no_grad():
+        full = float(lm.model(x1)[0, target])
+    score_variant = "delete" if result.variant == "delete" else "preserve"
+    scores = extremal_score(lm.model, x1, masks[None], target, areas, variant=score_variant)[0]
+    curve = None
+    if len(areas) >= 3:
+        grid = _curve_areas(areas)
+        curve = (grid, area_curve(lm.model, x1, masks[None], target, grid, variant=score_variant)[0].tolist())
+    keep = (1 - masks if result.variant == "delete" else masks).to(x.device)
+    perturbation = make_perturbation(result.info["perturbation"], x1, max_sigma=result.info["max_blur"])
+    with torch.no_grad():
+        seen = perturbation.apply(keep[:, None], torch.zeros(len(areas), dtype=torch.long, device=x.device))
+    seen = lm.preprocessing.denormalize(seen).clamp(0, 1)
+    write_npz(folder / "masks.npz", masks=masks, areas=result.areas, input=x, target=np.int64(target))
+    summary = {
+        "image": image.name,
+        "model": lm.name,
+        "target": target,
+        "class_name": lm.class_name(target),
+        "target_logit_full_image": full,
+        "areas": areas,
+        "variant": result.variant,
+        "perturbation": result.info["perturbation"],
+        "reward": result.reward_kind,
+        "final_reward": result.final_reward[index].tolist(),
+        "extremal_score": scores.tolist(),
+        "mask_area": result.mask_area()[index].tolist(),
+        "iterations": result.iterations,
+        "seconds": result.seconds,
+        "images_in_batch": result.num_images,
+    }
+    if curve is not None:
+        summary["area_curve"] = {"areas": curve[0], "best_score": curve[1]}
+    write_json(folder / "summary.json", summary)
+    fig = plot_explain(image.rgb, masks, areas, seen, title=f"{image.name}: {lm.class_name(target)} ({target})",
+                       rewards=result.final_reward[index].tolist(), curve=curve, full_score=full,
+                       variant=result.variant)
+    fig.savefig(folder / "explain.png", dpi=150)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return summary
+
+
+def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, space) -> list[dict]:
+    """``channels.npz``, ``summary.json`` and ``channels.png`` for every image of a channel result."""
+    import matplotlib.pyplot as plt
+
+    from .channel import channel_curve
+    from .plotting import plot_channels
+
+    n, k, c = result.masks.shape
+    targets = result.targets.to(x.device)
+    curves = channel_curve(space, result.ranking(), targets)
+    summaries = []
+    for i in range(n):
+        per_area = []
+        for j, area in enumerate(result.areas.tolist()):
+            kept = result.kept_channels(i, j)
+            keep = torch.zeros(2, c, device=x.device)
+            keep[0, kept] = 1
+            keep[1] = 1 - keep[0]
+            only, without = space.target_scores(keep, torch.full((2,), i, device=x.device), targets).tolist()
+            per_area.append({"area": area, "channels": kept, "mask_values": result.masks[i, j, kept].tolist(),
+                             "score_only_these_kept": only, "score_these_removed": without,
+                             "final_reward": float(result.final_reward[i, j])})
+        target = int(result.targets[i])
+        summary = {
+            "image": images[i].name,
+            "model": lm.name,
+            "layer": result.info["layer"],
+            "channels": c,
+            "target": target,
+            "class_name": lm.class_name(target),
+            "variant": result.variant,
+            "baseline": result.info["baseline"],
+            "path": result.info["path"],
+            "split_reason": result.info["split_reason"] or None,
+            "areas": per_area,
+            "channel_curve": curves.to_dict(i),
+            "iterations": result.iterations,
+            "seconds": result.seconds,
+            "images_in_batch": n,
+        }
+        folder = folders[i]
+        write_npz(folder / "channels.npz", masks=result.masks[i], areas=result.areas, input=x[i],
+                  target=np.int64(target), layer=np.array(result.info["layer"]))
+        write_json(folder / "summary.json", summary)
+        fig = plot_channels(result.masks[i], result.areas.tolist(), curves.to_dict(i),
+                            title=f"{images[i].name}: {lm.class_name(target)} ({target}) at {result.info['layer']}")
+        fig.savefig(folder / "channels.png", dpi=150)
+        plt.close(fig)
+        summaries.append(summary)
+    return summaries
+
+
+def read_channel_result(folder: str | Path, layer: str | None = None) -> dict:
+    """A ``channels.npz`` written by ``chanattr channels`` (or ``chanattr prunegrad``):
+    masks (K x C), areas, layer; plus ``ranking`` (channels by mean mask value, best first)
+    and ``values`` (the mean mask value of each channel)."""
+    path = Path(folder) / "channels.npz"
+    if not path.is_file():
+        raise ChanattrError(f"{path} not found: give a folder written by `chanattr channels` or `chanattr prunegrad`")
+    with np.load(path) as data:
+        masks, areas, saved = data["masks"], data["areas"], str(data["layer"])
+    if layer is not None and saved != layer:
+        raise ChanattrError(f"{path} holds channels of layer {saved!r}, not {layer!r}: pass --layer {saved}")
+    values = masks.mean(0)
+    return {"masks": masks, "areas": areas, "layer": saved, "values": values,
+            "ranking": np.argsort(-values, kind="stable")}
+
+
+def salient_channels(lm, x: torch.Tensor, layer: str, choice: str, from_dir: str | None, area: float | None,
+                     *, progress: bool = True, parse=None) -> tuple[list[int] | None, str]:
+    """The channel subset to invert: from a saved channel result, from a fresh channel
+    extremal perturbation (``auto``), all channels (``None``), or explicit indices."""
+    if from_dir is not None:
+        found = read_channel_result(from_dir, layer)
+        masks, areas = found["masks"], found["areas"].tolist()
+        c = masks.shape[1]
+        if area is None or any(abs(a - area) < 1e-6 for a in areas):
+            k = int(np.argmin(areas)) if area is None else int(np.argmin([abs(a - area) for a in areas]))
+            count = max(1, round(areas[k] * c))
+            order = np.argsort(-masks[k], kind="stable")[:count]
+            return [int(i) for i in order], f"area {areas[k]:g} of {from_dir}"
+        count = max(1, round(area * c))
+        return [int(i) for i in found["ranking"][:count]], f"top {area:g} of {from_dir}"
+    if choice == "all":
+        return None, "all channels"
+    if choice == "auto":
+        from .channel import channel_extremal_perturbation
+
+        with torch.no_grad():
+            target = int(lm.model(x).argmax(1)[0])
+        a = 0.05 if area is None else area
+        result = channel_extremal_perturbation(lm.model, x, target, layer, [a], progress=None if progress else False)
+        return result.kept_channels(0, 0), f"channel extremal perturbation, area {a:g}, target {target}"
+    channels = parse(choice) if parse else [int(t) for t in choice.split(",")]
+    if not channels:
+        raise ChanattrError("no channels given: use auto, all or indices like 3,17,42")
+    return channels, "given"
+
+
+def write_inversion(folder: Path, lm, image, x: torch.Tensor, layer: str, subset: list[int] | None, how: str, *,
+                    iterations: int = 300, param: str = "fourier", seed: int = 0, progress=None) -> dict:
+    """Invert ``layer`` from all channels, the subset and the rest; write ``inversions.npz``,
+    ``inversion.png`` and ``summary.json``."""
+    import matplotlib.pyplot as plt
+
+    from inversion import InversionSettings, invert, plot_inversions
+    from inversion.invert import channel_mask
+
+    from .hooks import capture
+
+    with torch.no_grad(), capture(lm.model, layer, detach=True) as acts:
+        lm.model(x)
+    c = acts[layer].shape[1]
+    masks = {"all": torch.ones(c)}
+    if subset is not None:
+        masks["subset"] = channel_mask(subset, c)
+        if len(set(subset)) < c:
+            masks["rest"] = 1 - masks["subset"]
+    names = list(masks)
+    result = invert(lm.model, x.expand(len(names), -1, -1, -1), layer, torch.stack([masks[k] for k in names]),
+                    lm.preprocessing, settings=InversionSettings(param=param, iterations=iterations), seed=seed,
+                    progress=progress)
+    images = dict(zip(names, result.images.cpu()))
+    counts = {k: int(masks[k].sum()) for k in names}
+    write_npz(folder / "inversions.npz", original=image.rgb, **images,
+              channels=np.array(sorted(subset) if subset is not None else list(range(c)), dtype=np.int64))
+    fig = plot_inversions(image.rgb, images, counts, c, title=f"{image.name}: inverting {layer}")
+    fig.savefig(folder / "inversion.png", dpi=150)
+    plt.close(fig)
+    summary = {"image": image.name, "model": lm.name, "layer": layer, "channels": c, "counts": counts,
+               "subset": subset, "subset_from": how, "param": param, "iterations": iterations, "seed": seed,
+               "relative_error": dict(zip(names, result.relative_error.tolist())), "seconds": result.seconds}
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+def write_visualisation(folder: Path, lm, layer: str, channels: list[int], labels: list[str] | None, *,
+                        iterations: int = 256, seed: int = 0, progress=None) -> dict:
+    """Activation maximisation of each channel; ``channels.png`` (the grid) and
+    ``visualizations.npz``."""
+    import matplotlib.pyplot as plt
+
+    from inversion import plot_channel_grid, visualize_channels
+
+    v = visualize_channels(lm.model, layer, channels, lm.preprocessing, iterations=iterations, seed=seed,
+                           progress=progress)
+    labels = labels or [f"#{c}" for c in channels]
+    write_npz(folder / "visualizations.npz", images=v.images, channels=np.array(channels, dtype=np.int64),
+              activation=v.activation)
+    fig = plot_channel_grid(v.images, labels, title=f"{lm.name}, {layer}: channels")
+    fig.savefig(folder / "channels.png", dpi=150)
+    plt.close(fig)
+    return {"channels": channels, "seconds": v.seconds}

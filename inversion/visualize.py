@@ -1,0 +1,96 @@
+"""Feature visualisation: activation maximisation of single channels (Olah et al., Distill
+2017) with our own loop on Lucent's decorrelated Fourier parameterisation and transforms."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from chanattr.errors import ChanattrError
+from chanattr.extremal import show_progress
+from chanattr.hooks import frozen
+from chanattr.models import Preprocessing
+from chanattr.split import layer_function
+
+from .invert import seeded
+from .objectives import channel_activation
+from .param import lucent_device, make_image
+from .transforms import robustness
+
+
+@dataclass
+class Visualisation:
+    """``images``: one 3 x H x W image in [0, 1] per channel; ``activation``: the mean
+    activation each reached (no transforms)."""
+
+    channels: list[int]
+    images: torch.Tensor
+    activation: torch.Tensor
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+def visualize_channels(
+    model: nn.Module,
+    layer: str,
+    channels: Sequence[int],
+    preprocessing: Preprocessing,
+    *,
+    iterations: int = 256,
+    lr: float = 0.05,
+    param: str = "fourier",
+    size: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+    batch_size: int = 8,
+) -> Visualisation:
+    """One image per channel that maximises that channel's mean activation at ``layer``
+    (all channels optimised together, ``batch_size`` at a time). The model runs in eval
+    mode and is left as found."""
+    channels = [int(c) for c in channels]
+    if not channels:
+        raise ChanattrError("give at least one channel to visualise")
+    if iterations < 1:
+        raise ChanattrError("iterations must be at least 1")
+    if device is None:
+        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    device = torch.device(device)
+    size = size or preprocessing.input_size
+    start = time.perf_counter()
+    images, reached = [], []
+    with frozen(model), seeded(seed, device), lucent_device(device):
+        example = torch.zeros(1, 3, size, size, device=device)
+        phi, path = layer_function(model, layer, example)
+        with torch.no_grad():
+            c = phi(example).shape[1]
+        bad = [ch for ch in channels if not 0 <= ch < c]
+        if bad:
+            raise ChanattrError(f"layer {layer!r} has channels 0..{c - 1}; got {bad[0]}")
+        transform = robustness(None, jitter=8, scale=0.1, rotate=10)
+        total = iterations * ((len(channels) + batch_size - 1) // batch_size)
+        bar = tqdm(total=total, desc=f"visualising {layer}", disable=not show_progress(progress), leave=False)
+        for s in range(0, len(channels), batch_size):
+            chunk = torch.tensor(channels[s : s + batch_size], device=device)
+            image = make_image(param, (len(chunk), 3, size, size), device)
+            optimiser = torch.optim.Adam(image.params, lr=lr)
+            for _ in range(iterations):
+                seen = transform(image.image())
+                value = channel_activation(phi(preprocessing.normalize(seen)), chunk)
+                optimiser.zero_grad(set_to_none=True)
+                (-value.sum()).backward()
+                optimiser.step()
+                image.after_step()
+                bar.update(1)
+            with torch.no_grad():
+                final = image.image().clamp(0, 1)
+                reached.append(channel_activation(phi(preprocessing.normalize(final)), chunk).cpu())
+            images.append(final.cpu())
+        bar.close()
+    return Visualisation(channels, torch.cat(images), torch.cat(reached), time.perf_counter() - start,
+                         {"layer": layer, "path": path, "param": param, "iterations": iterations})

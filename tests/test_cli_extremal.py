@@ -1,0 +1,100 @@
+"""The explain and channels commands, end to end, on small models (fast)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chanattr.cli import main
+
+HERE = Path(__file__).parent
+REGION = ["--model", f"{HERE / 'models_gt.py'}:region_net", "--input-size", "48", "--no-progress"]
+PLANTED = ["--model", f"{HERE / 'models_gt.py'}:PlantedConvNet", "--input-size", "16", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_writes_masks_summary_and_figure(capsys, tmp_path):
+    code, out, err = run(capsys, "explain", "chelsea", "coffee", *REGION, "--areas", "0.1", "0.2", "0.3",
+                         "--iterations", "12", "--target", "0", "--out", tmp_path)
+    assert code == 0, err
+    for name in ("chelsea", "coffee"):
+        folder = tmp_path / name
+        assert str(folder) in out
+        data = np.load(folder / "masks.npz")
+        assert data["masks"].shape == (3, 48, 48) and data["masks"].dtype == np.float32
+        assert 0 <= data["masks"].min() and data["masks"].max() <= 1
+        assert data["areas"].dtype == np.float32 and data["areas"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+        assert data["input"].shape == (3, 48, 48) and data["input"].dtype == np.float32
+        assert int(data["target"]) == 0
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["target"] == 0 and summary["class_name"] == "0" and summary["variant"] == "preserve"
+        assert len(summary["final_reward"]) == 3 and len(summary["mask_area"]) == 3
+        assert summary["iterations"] == 12 and summary["seconds"] > 0
+        assert len(summary["area_curve"]["areas"]) == len(summary["area_curve"]["best_score"])
+        assert (folder / "explain.png").stat().st_size > 10_000
+
+
+def test_explain_input_is_exactly_what_the_model_saw(capsys, tmp_path):
+    from chanattr import load_model, prepare_image
+
+    code, _, _ = run(capsys, "explain", "astronaut", *REGION, "--areas", "0.2", "--iterations", "3", "--out", tmp_path)
+    assert code == 0
+    lm = load_model(f"{HERE / 'models_gt.py'}:region_net", input_size=48)
+    expected = prepare_image("astronaut", lm.preprocessing).input.numpy()
+    assert np.array_equal(np.load(tmp_path / "masks.npz")["input"], expected)
+
+
+def test_explain_refuses_to_overwrite(capsys, tmp_path):
+    args = ["explain", "chelsea", *REGION, "--areas", "0.2", "--iterations", "2", "--out", tmp_path]
+    assert run(capsys, *args)[0] == 0
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert run(capsys, *args, "--overwrite")[0] == 0
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--areas", "1.5"], "outside (0, 1)"),
+    (["--areas", "0"], "outside (0, 1)"),
+    (["--target", "5"], "outside this model's classes 0..1"),
+    (["--target", "cat"], "class index or auto"),
+    (["--iterations", "0"], "at least 1"),
+])
+def test_explain_bad_input(capsys, tmp_path, extra, match):
+    code, _, err = run(capsys, "explain", "chelsea", *REGION, *extra, "--out", tmp_path)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_explain_unknown_variant_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "chelsea", "--variant", "keep", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_channels_writes_outputs(capsys, tmp_path):
+    code, out, err = run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
+                         "--iterations", "150", "--target", "0", "--out", tmp_path)
+    assert code == 0, err
+    data = np.load(tmp_path / "channels.npz")
+    assert data["masks"].shape == (1, 16) and data["masks"].dtype == np.float32
+    assert str(data["layer"]) == "features.2" and int(data["target"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["path"] == "split" and summary["channels"] == 16
+    area = summary["areas"][0]
+    assert sorted(area["channels"]) == [3, 7, 11]  # the planted channels
+    assert area["score_only_these_kept"] > area["score_these_removed"]
+    curve = summary["channel_curve"]
+    assert curve["k"][-1] == 16 and curve["kept"][-1] == pytest.approx(curve["full"], abs=1e-4)
+    assert (tmp_path / "channels.png").stat().st_size > 10_000
+    assert "split path" in out
+
+
+def test_channels_bad_layer(capsys, tmp_path):
+    code, _, err = run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.20", "--out", tmp_path)
+    assert code == 2 and "close names: features.2" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,124 @@
+"""The invert, visualize and demo commands, end to end (small models and few steps)."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chanattr.cli import main
+
+HERE = Path(__file__).parent
+PLANTED = ["--model", f"{HERE / 'models_gt.py'}:PlantedConvNet", "--input-size", "16", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_invert_from_a_channels_folder(capsys, tmp_path):
+    ch = tmp_path / "ch"
+    assert run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
+               "--iterations", "150", "--target", "0", "--out", ch)[0] == 0
+    out = tmp_path / "inv"
+    code, stdout, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.2", "--from", ch,
+                            "--iterations", "5", "--param", "pixel", "--out", out)
+    assert code == 0, err
+    data = np.load(out / "inversions.npz")
+    assert sorted(data["channels"].tolist()) == [3, 7, 11]
+    for key in ("original", "all", "subset", "rest"):
+        assert data[key].shape == (3, 16, 16) and data[key].dtype == np.float32
+        assert 0 <= data[key].min() and data[key].max() <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"all": 16, "subset": 3, "rest": 13}
+    assert (out / "inversion.png").stat().st_size > 5_000
+
+
+def test_invert_all_and_explicit_channels(capsys, tmp_path):
+    code, _, err = run(capsys, "invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "all",
+                       "--iterations", "3", "--out", tmp_path / "a")
+    assert code == 0, err
+    assert set(np.load(tmp_path / "a" / "inversions.npz").files) == {"original", "all", "channels"}
+    code, _, err = run(capsys, "invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "1,2",
+                       "--iterations", "3", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert np.load(tmp_path / "b" / "inversions.npz")["channels"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--channels", "1,x"], "--channels takes auto, all or indices"),
+    (["--channels", "99"], "within 0..7"),
+    (["--from", "/nonexistent"], "channels.npz not found"),
+    (["--area", "2"], "outside (0, 1)"),
+])
+def test_invert_bad_input(capsys, tmp_path, extra, match):
+    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.0", *extra, "--iterations", "2",
+                       "--out", tmp_path)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_invert_from_another_layer_is_refused(capsys, tmp_path):
+    ch = tmp_path / "ch"
+    run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--iterations", "5", "--out", ch)
+    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.0", "--from", ch,
+                       "--out", tmp_path / "inv")
+    assert code == 2 and "pass --layer features.2" in err
+
+
+def test_visualize_grid(capsys, tmp_path):
+    code, out, err = run(capsys, "visualize", *PLANTED, "--layer", "features.2", "--channels", "3,7",
+                         "--iterations", "4", "--out", tmp_path)
+    assert code == 0, err
+    data = np.load(tmp_path / "visualizations.npz")
+    assert data["images"].shape == (2, 3, 16, 16) and data["channels"].tolist() == [3, 7]
+    assert (tmp_path / "channels.png").stat().st_size > 5_000
+    code, _, err = run(capsys, "visualize", *PLANTED, "--layer", "features.2", "--out", tmp_path / "x")
+    assert code == 2 and "--channels" in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    from chanattr.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    path = run_demo(out, overwrite=True, explain_iterations=4, channel_iterations=10, invert_iterations=3,
+                    progress=False)
+    return path
+
+
+def test_demo_report_is_self_contained(demo_report):
+    page = demo_report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for folder, files in (("explain", ["masks.npz", "summary.json", "explain.png"]),
+                          ("channels", ["channels.npz", "summary.json", "channels.png"]),
+                          ("invert", ["inversions.npz", "summary.json", "inversion.png"])):
+        for f in files:
+            assert (demo_report.parent / folder / f).is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium) for a headless render")
+def test_demo_report_renders_in_chromium(demo_report, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000", f"--screenshot={shot}",
+         demo_report.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape == (3000, 1200)
+    # the embedded figures rendered: many rows are far from plain white
+    busy_rows = (img.std(axis=1) > 20).sum()
+    assert busy_rows > 800

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from chanattr import ChanattrError, capture, model_state, prepare_image
+from chanattr.models import Preprocessing
+from inversion import InversionSettings, feature_loss, invert, plot_channel_grid, plot_inversions, visualize_channels
+from inversion.invert import channel_mask
+
+SMALL = Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the bundled model on a 64 px crop
+EXACT = dict(transforms=False, alpha_weight=0.0, tv_weight=0.0, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def chelsea64():
+    return prepare_image("chelsea", SMALL)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+def test_inverting_the_stem_gives_back_the_photo(lite0, chelsea64):
+    before = model_state(lite0.model)
+    settings = InversionSettings(param="pixel", iterations=150, **EXACT)
+    r = invert(lite0.model, chelsea64.input[None], "conv_stem", list(range(32)), SMALL, settings=settings,
+               progress=False)
+    assert model_state(lite0.model) == before
+    assert r.images.shape == (1, 3, 64, 64) and r.images.min() >= 0 and r.images.max() <= 1
+    assert pearson(r.images[0], chelsea64.rgb) >= 0.8
+    assert r.info["path"] == "split"
+
+
+def test_selected_channels_are_matched_and_the_rest_are_free(lite0, chelsea64):
+    x = chelsea64.input[None]
+    subset = list(range(0, 16))
+    settings = InversionSettings(param="pixel", iterations=120, **EXACT)
+    r = invert(lite0.model, x, "blocks.1", subset, SMALL, settings=settings, progress=False)
+    start = torch.full_like(r.images, 0.5)  # roughly where the optimisation starts
+    with capture(lite0.model, "blocks.1", detach=True) as ref:
+        lite0.model(x)
+    target, c = ref["blocks.1"], ref["blocks.1"].shape[1]
+    sel = channel_mask(subset, c)[None]
+    rest = 1 - sel
+    with capture(lite0.model, "blocks.1", detach=True) as acts:
+        lite0.model(SMALL.normalize(r.images))
+    got = acts["blocks.1"]
+    with capture(lite0.model, "blocks.1", detach=True) as acts0:
+        lite0.model(SMALL.normalize(start))
+    err_sel = feature_loss(got, target, sel).sqrt().item()
+    err_rest = feature_loss(got, target, rest).sqrt().item()
+    err_start = feature_loss(acts0["blocks.1"], target, sel).sqrt().item()
+    assert r.relative_error.item() == pytest.approx(err_sel, rel=1e-3)
+    # Bound: the optimisation removes at least 3/4 of the initial mismatch on the selected
+    # channels, and matches them at least twice as well as the unconstrained ones.
+    assert err_sel < 0.25 * err_start
+    assert err_sel < 0.5 * err_rest
+
+
+def test_masked_loss_ignores_unselected_channels():
+    torch.manual_seed(0)
+    target = torch.randn(2, 6, 4, 4)
+    act = torch.randn(2, 6, 4, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0]] * 2, dtype=torch.float)
+    other = target.clone()
+    other[:, mask[0] == 0] = torch.randn_like(other[:, mask[0] == 0]) * 100
+    l1 = feature_loss(act, target, mask)
+    (g1,) = torch.autograd.grad(l1.sum(), act)
+    l2 = feature_loss(act, other, mask)
+    (g2,) = torch.autograd.grad(l2.sum(), act)
+    assert torch.allclose(l1, l2) and torch.allclose(g1, g2)
+    assert (g1[:, mask[0] == 0] == 0).all()
+
+
+def test_same_seed_same_image(lite0, chelsea64):
+    x = chelsea64.input[None]
+    kw = dict(settings=InversionSettings(param="fourier", iterations=8), progress=False)
+    a = invert(lite0.model, x, "blocks.2", [0, 1, 2], SMALL, seed=3, **kw)
+    b = invert(lite0.model, x, "blocks.2", [0, 1, 2], SMALL, seed=3, **kw)
+    c = invert(lite0.model, x, "blocks.2", [0, 1, 2], SMALL, seed=4, **kw)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+
+
+def test_channel_masks_and_bad_input(lite0, chelsea64):
+    assert channel_mask([1, 3], 5).tolist() == [0, 1, 0, 1, 0]
+    assert channel_mask(torch.tensor([True, False]), 2).tolist() == [1, 0]
+    with pytest.raises(ChanattrError, match="within 0..4"):
+        channel_mask([7], 5)
+    with pytest.raises(ChanattrError, match="no channel selected"):
+        invert(lite0.model, chelsea64.input[None], "conv_stem", [], SMALL, iterations=1, progress=False)
+    with pytest.raises(ChanattrError, match="unknown parameterisation"):
+        invert(lite0.model, chelsea64.input[None], "conv_stem", [0], SMALL, iterations=1, param="cppn",
+               progress=False)
+
+
+def test_visualize_raises_the_channel(lite0, chelsea64):
+    before = model_state(lite0.model)
+    v = visualize_channels(lite0.model, "blocks.2", [5, 9], SMALL, iterations=24, progress=False)
+    assert model_state(lite0.model) == before
+    assert v.images.shape == (2, 3, 64, 64)
+    with capture(lite0.model, "blocks.2", detach=True) as acts:
+        lite0.model(chelsea64.input[None])
+    natural = acts["blocks.2"][0, [5, 9]].flatten(1).mean(1)
+    assert (v.activation > natural).all()
+    with pytest.raises(ChanattrError, match="channels 0..39"):
+        visualize_channels(lite0.model, "blocks.2", [40], SMALL, iterations=1, progress=False)
+
+
+def test_figures(chelsea64):
+    img = chelsea64.rgb
+    fig = plot_inversions(img, {"all": img, "subset": img, "rest": img}, {"all": 10, "subset": 2, "rest": 8}, 10)
+    assert len(fig.axes) == 4 and "2 of 10" in fig.axes[2].get_title()
+    fig = plot_channel_grid(torch.stack([img] * 5), [f"#{i}" for i in range(5)], cols=3)
+    assert sum(1 for ax in fig.axes if ax.images) == 5
