@@ -30,6 +30,14 @@ from .split import split_at
 
 BASELINES = ("zero", "mean")
 
+#: Channel space's schedule: from the whole activation (keep = 1), Adam, and an area penalty
+#: that starts weak, so that the ranking of channels is re-decided as the mask shrinks
+#: (with a strong start the first gradient -- the Taylor ranking -- would be frozen in).
+CHANNEL_SCHEDULE = Schedule(
+    iterations=300, optimiser="adam", lr=0.02, area_weight=3.0, area_weight_final=5000.0, start="input",
+    jitter=False, harden=1.0, min_iterations=100,
+)
+
 
 class ChannelSpace:
     """Channel masks at ``layer`` for N images, with the layer's output computed once.
@@ -220,7 +228,7 @@ def channel_extremal_perturbation(
     x = check_batch(x)
     areas = check_areas(areas)
     targets = as_targets(target, x.shape[0], x.device)
-    schedule = schedule or Schedule(jitter=False)
+    schedule = schedule or CHANNEL_SCHEDULE
     if iterations is not None:
         schedule = _with_iterations(schedule, iterations)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):

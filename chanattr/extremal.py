@@ -131,34 +131,48 @@ def show_progress(progress: bool | None) -> bool:
 
 @dataclass
 class Schedule:
-    """How the optimisation runs.
+    """How the optimisation runs (the defaults suit pixel space; ``chanattr.channel`` has its own).
 
-    Parameters start where the model sees the whole input (preserve: 1, delete: 0, dual:
-    0.5). Adam with learning rate ``lr`` (decayed by ``lr_decay`` over the run); the area weight
-    starts at ``area_weight`` and grows geometrically to ``area_weight_final`` at the last
-    iteration. After ``min_iterations``, every ``check_every`` iterations, the binarised
-    masks (> 0.5) are compared with those of the previous check: the run stops once fewer
-    than ``tol`` of their entries changed, ``patience`` checks in a row. ``jitter``: mirror
-    the input on every other iteration (pixel space).
+    *Start.* ``"search"``: each mask starts from the best of the space's candidate masks for
+    its area (pixel space: round blobs on a grid, scored as binary masks of exactly that
+    area); ``"input"``: where the model sees the whole input (preserve 1, delete 0, dual 0.5);
+    ``"area"``: every entry at the area. ``init_noise`` adds seeded Gaussian noise.
+    ``restarts``: with a search (or noise), each mask is optimised from that many starts at
+    once (the best candidates), and the best binary result is kept. ``search_pairs``: the
+    search also tries the unions of pairs of the best this-many candidates at half the area.
 
-    From the fraction ``harden`` of the iterations on, the model sees the binary masks (the
-    top a of each mask, straight-through gradients): what the extremal score measures. Each
-    mask's best binary reward so far is kept, and its parameters are what the run returns.
-    ``harden=1`` never binarises (soft masks throughout, the last ones returned).
+    *Steps.* SGD with momentum (or Adam) at learning rate ``lr``, decayed by the factor
+    ``lr_decay`` over the run. The ranking area penalty's weight grows geometrically from
+    ``area_weight`` to ``area_weight_final``. ``jitter``: mirror the input on every other
+    iteration (pixel space).
+
+    *Binary phase.* From the fraction ``harden`` of the iterations on, the model sees the
+    binary masks (the top a of each mask; straight-through gradients) -- what the extremal
+    score measures. Each mask's best binary reward is kept, and its parameters are what the
+    run returns; so with ``harden=0`` the result is never worse than the start.
+    ``harden=1``: soft masks throughout, the last ones returned.
+
+    *Stopping*, after ``min_iterations``: in the binary phase, once no mask's best binary
+    reward improved for ``stall`` iterations; before it, once fewer than ``tol`` of the
+    binarised (> 0.5) mask entries changed between checks ``check_every`` iterations apart,
+    ``patience`` checks in a row.
     """
 
-    iterations: int = 300
-    optimiser: str = "adam"
-    lr: float = 0.05
-    lr_decay: float = 0.1
+    iterations: int = 200
+    optimiser: str = "sgd"
+    lr: float = 0.03
+    lr_decay: float = 1.0
     momentum: float = 0.9
     area_weight: float = 300.0
     area_weight_final: float = 5000.0
-    start: str = "input"
+    start: str = "search"
     init_noise: float = 0.0
+    restarts: int = 1
+    search_pairs: int = 6
     jitter: bool = True
-    harden: float = 1.0
-    min_iterations: int = 100
+    harden: float = 0.0
+    min_iterations: int = 60
+    stall: int = 50
     check_every: int = 10
     tol: float = 0.002
     patience: int = 3
@@ -222,11 +236,12 @@ def optimise(
     progress: bool | None = None,
     description: str = "extremal perturbation",
 ) -> tuple[torch.Tensor, dict]:
-    """Optimise one mask per (image, area) in one batch.
+    """Optimise one mask per (image, area), all in one batch.
 
-    Returns the final parameters (N*K x ...) and a dict with the histories, the final
-    reward (N x K), the iterations run and the seconds taken. Items are ordered image-major:
-    item b is image ``b // K`` at area ``b % K``.
+    Returns the parameters (N*K x ...) and a dict with the histories, the final reward
+    (N x K), the iterations run and the seconds taken. Items are ordered image-major: item b
+    is image ``b // K`` at area ``b % K``. With ``schedule.restarts`` R > 1, each item is
+    optimised from R starts at once and the start with the best binary reward is returned.
     """
     schedule = schedule or Schedule()
     check_choice(variant, VARIANTS, "variant")
@@ -234,23 +249,30 @@ def optimise(
     areas = check_areas(areas)
     if schedule.iterations < 1:
         raise ChanattrError("iterations must be at least 1")
+    if schedule.start not in ("search", "input", "area"):
+        raise ChanattrError(f"unknown start {schedule.start!r}: use search, input or area")
+    start = time.perf_counter()
     n, k = space.num_images, len(areas)
     device = targets.device
     area_t = torch.tensor(areas, dtype=torch.float64)  # exact fractions, on the CPU
-    image_index = torch.arange(n, device=device).repeat_interleave(k)
-    item_targets = targets.to(device).repeat_interleave(k)
-
-    if schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
-        init = torch.full((n * k, 1), {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant], device=device)
-    elif schedule.start == "area":  # every entry at its area's level
-        init = area_t.to(device=device, dtype=torch.float32).repeat(n)[:, None]
-    else:
-        raise ChanattrError(f"unknown start {schedule.start!r}: use input or area")
-    params = space.init_params(n * k, 0.0) + init
+    searching = schedule.start == "search" and hasattr(space, "candidates")
+    r = max(1, schedule.restarts) if (searching or schedule.init_noise > 0) else 1
+    # expanded items: b = (image * K + area) * R + restart
+    image_index = torch.arange(n, device=device).repeat_interleave(k * r)
+    item_targets = targets.to(device)[image_index]
+    item_areas = area_t.repeat_interleave(r).repeat(n)
+    if searching:
+        params = _search(space, image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r,
+                         schedule.search_pairs)
+    elif schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
+        params = space.init_params(n * k * r, {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant])
+    else:  # every entry at its area's level
+        params = space.init_params(n * k * r, 0.0) + item_areas.to(device, torch.float32)[:, None]
     if schedule.init_noise > 0:  # seeded by the caller (torch's global generator)
         params = (params + schedule.init_noise * torch.randn_like(params)).clamp(0, 1)
     params.requires_grad_(True)
-    reference = area_reference(area_t, space.masks(params.detach()[:1]).shape[1]).to(device).repeat(n, 1)
+    size = space.masks(params.detach()[:1]).shape[1]
+    reference = area_reference(item_areas, size).to(device)
     if schedule.optimiser == "adam":
         optimiser = torch.optim.Adam([params], lr=schedule.lr)
     elif schedule.optimiser == "sgd":
@@ -258,26 +280,28 @@ def optimise(
     else:
         raise ChanattrError(f"unknown optimiser {schedule.optimiser!r}: use adam or sgd")
     decay = schedule.lr_decay ** (1 / max(1, schedule.iterations - 1))
-    rewards, penalties = [], []
     sign = -1.0 if variant == "delete" else 1.0  # delete makes the reward low
-    item_areas = area_t.repeat(n)
     hard_from = schedule.iterations if schedule.harden >= 1 else int(schedule.harden * schedule.iterations)
     best_params = params.detach().clone()
-    best = torch.full((n * k,), float("-inf"), device=device)  # best objective of a binary mask
-    previous, calm = None, 0
-    start = time.perf_counter()
+    best = torch.full((params.shape[0],), float("-inf"), device=device)  # best objective of a binary mask
+    rewards, penalties = [], []
+    previous, calm, last_better = None, 0, 0
     bar = tqdm(total=schedule.iterations, desc=description, disable=not show_progress(progress), leave=False)
     t = 0
     for t in range(schedule.iterations):
         flip = schedule.jitter and t % 2 == 1
         mask = space.masks(params)
         binary = t >= hard_from
-        seen = harden(mask, item_areas) if binary else mask
-        value = _variant_reward(space, seen, image_index, item_targets, variant, reward_kind, flip)
+        value = _variant_reward(space, harden(mask, item_areas) if binary else mask, image_index, item_targets,
+                                variant, reward_kind, flip)
         penalty = area_loss(mask, reference)
         if binary and not flip:  # the exact binary score of the current parameters
-            better = sign * value.detach() > best
-            best = torch.where(better, sign * value.detach(), best)
+            objective = sign * value.detach()
+            margin = torch.where(torch.isfinite(best), 1e-6 * best.abs().clamp(min=1), torch.zeros_like(best))
+            better = objective > best + margin
+            if bool(better.any()):
+                last_better = t
+            best = torch.where(better, objective, best)
             best_params[better] = params.detach()[better]
         loss = (schedule.weight_at(t) * penalty - sign * value).sum()
         optimiser.zero_grad(set_to_none=True)
@@ -287,12 +311,14 @@ def optimise(
             group["lr"] *= decay
         with torch.no_grad():
             params.clamp_(0, 1)
-        rewards.append(value.detach().view(n, k))
-        penalties.append(penalty.detach().view(n, k))
+        rewards.append(value.detach())
+        penalties.append(penalty.detach())
         bar.update(1)
-        if (t + 1) % schedule.check_every == 0:
+        if t + 1 >= schedule.min_iterations and binary and t - max(last_better, hard_from) >= schedule.stall:
+            break
+        if (t + 1) % schedule.check_every == 0 and not binary:
             now = mask.detach() > 0.5
-            if previous is not None and t + 1 >= max(schedule.min_iterations, hard_from + schedule.check_every):
+            if previous is not None and t + 1 >= schedule.min_iterations:
                 changed = (now != previous).float().mean().item()
                 calm = calm + 1 if changed < schedule.tol else 0
                 if calm >= schedule.patience:
@@ -301,26 +327,75 @@ def optimise(
     bar.close()
     params = params.detach()
     with torch.no_grad():
-        last = space.masks(params)
-        last_value = _variant_reward(space, harden(last, item_areas), image_index, item_targets, variant,
-                                     reward_kind, False)
-        better = sign * last_value > best
-        best_params[better] = params[better]
-        params = best_params if hard_from < schedule.iterations else params
+        if hard_from < schedule.iterations:  # the best binary masks found (the last ones included)
+            last = sign * _variant_reward(space, harden(space.masks(params), item_areas), image_index, item_targets,
+                                          variant, reward_kind, False)
+            better = last > best
+            best = torch.where(better, last, best)
+            best_params[better] = params[better]
+            params = best_params
+        else:
+            best = sign * _variant_reward(space, harden(space.masks(params), item_areas), image_index,
+                                          item_targets, variant, reward_kind, False)
+        # keep each item's best restart
+        choice = best.view(n * k, r).argmax(1)
+        rows = torch.arange(n * k, device=device) * r + choice
+        params = params[rows]
         masks = space.masks(params)
-        final = _variant_reward(space, masks, image_index, item_targets, variant, reward_kind, False)
-        final_binary = _variant_reward(space, harden(masks, item_areas), image_index, item_targets, variant,
-                                       reward_kind, False)
+        final = _variant_reward(space, masks, image_index[rows], item_targets[rows], variant, reward_kind, False)
+        final_binary = _variant_reward(space, harden(masks, item_areas[rows.cpu()]), image_index[rows],
+                                       item_targets[rows], variant, reward_kind, False)
+    history_rows = rows.cpu()
     seconds = time.perf_counter() - start
     return params, {
-        "reward_history": torch.stack(rewards).cpu(),
-        "area_history": torch.stack(penalties).cpu(),
+        "reward_history": torch.stack(rewards).cpu()[:, history_rows].view(-1, n, k),
+        "area_history": torch.stack(penalties).cpu()[:, history_rows].view(-1, n, k),
         "final_reward": final.view(n, k).cpu(),
         "binary_reward": final_binary.view(n, k).cpu(),
         "iterations": t + 1,
         "seconds": seconds,
         "areas": area_t,
     }
+
+
+@torch.no_grad()
+def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 6,
+            batch_size: int = 32) -> torch.Tensor:
+    """Each item's ``keep`` best starts among the space's candidate masks, scored as binary
+    masks of exactly the item's area (like the extremal score): the candidates at that area,
+    and the unions of pairs of the ``pairs`` best candidates at half the area (for evidence
+    in two places). A coarse global search that puts the gradient descent in good basins.
+    Returns (items * keep) x params."""
+    sign = -1.0 if variant == "delete" else 1.0
+
+    def score(cands: torch.Tensor, item: int, area: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, cands.shape[0], batch_size):
+            c = cands[s : s + batch_size]
+            b = c.shape[0]
+            soft = space.masks(c)
+            value = sign * _variant_reward(space, harden(soft, area.expand(b)), image_index[item].expand(b),
+                                           targets[item].expand(b), variant, kind, False)
+            # a start whose soft mask is far from the area would not stay there: rank it last
+            off = ((soft > 0.5).float().mean(1) - float(area)).abs() > 0.15 * float(area)
+            out.append(torch.where(off, value - 1e9, value))
+        return torch.cat(out)
+
+    chosen = []
+    for item in range(image_index.shape[0]):
+        area = areas[item]
+        cands = space.candidates(float(area), variant)  # P x params
+        if pairs > 1:
+            half = space.candidates(float(area) / 2, variant)
+            top = half[score(half, item, area / 2).argsort(descending=True)[:pairs]]
+            i, j = torch.triu_indices(top.shape[0], top.shape[0], offset=1)
+            cands = torch.cat([cands, torch.maximum(top[i], top[j])])
+        order = score(cands, item, area).argsort(descending=True)
+        picks = order[:keep]
+        if picks.numel() < keep:  # fewer candidates than restarts: repeat the best
+            picks = torch.cat([picks, picks[:1].expand(keep - picks.numel())])
+        chosen.append(cands[picks])
+    return torch.cat(chosen)
 
 
 def _variant_reward(space, mask, image_index, targets, variant, kind, flip) -> torch.Tensor:

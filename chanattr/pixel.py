@@ -70,6 +70,57 @@ class PixelSpace:
     def init_params(self, num_items: int, value: float) -> torch.Tensor:
         return torch.full((num_items, self.smooth.num_params), float(value), device=self.images.device)
 
+    def candidates(self, area: float, variant: str = "preserve") -> torch.Tensor:
+        """Parameters of round blobs covering ``area`` of the image, centred on a grid about
+        one blob radius apart (at least 7 x 7): the starts that ``Schedule(start="search")``
+        scores. Blobs cut by the border are widened to keep their visible area."""
+        cache = self.__dict__.setdefault("_candidates", {})
+        if area not in cache:
+            cache[area] = self._blobs(area)
+        return cache[area]
+
+    def _blobs(self, area: float) -> torch.Tensor:
+        h, w = self.images.shape[-2:]
+        gh, gw = self.smooth.grid
+        cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh
+        cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw
+        target_radius = (area * h * w / torch.pi) ** 0.5
+        per_side = max(7, int(round(max(h, w) / max(target_radius, 1.0))))
+        widen = self._widening()
+        # pixel-level geometry: for each centre, the disc radius whose widened, visible
+        # area is closest to the area asked for
+        py = torch.arange(h, dtype=torch.float32) + 0.5
+        px = torch.arange(w, dtype=torch.float32) + 0.5
+        out = []
+        for y0 in (torch.arange(per_side, dtype=torch.float32) + 0.5) * h / per_side:
+            dy = (py - y0) ** 2
+            for x0 in (torch.arange(per_side, dtype=torch.float32) + 0.5) * w / per_side:
+                dist = (dy[:, None] + (px[None, :] - x0) ** 2).sqrt().flatten().sort().values
+                # the widened disc covers the round(area * H * W) nearest pixels
+                count = max(1, int(round(area * h * w)))
+                r = max(0.0, float(dist[min(count, dist.numel()) - 1]) - widen)
+                d = (cy[:, None] - y0) ** 2 + (cx[None, :] - x0) ** 2
+                disc = (d <= r**2).float()
+                if disc.sum() == 0:
+                    disc.view(-1)[d.argmin()] = 1.0
+                out.append(disc.flatten())
+        return torch.stack(out).to(self.images.device)
+
+    def _widening(self) -> float:
+        """How far (px) the smooth mask of a disc of parameters reaches past the disc, at 0.5:
+        measured once on a disc at the centre."""
+        if not hasattr(self, "_widen"):
+            h, w = self.images.shape[-2:]
+            gh, gw = self.smooth.grid
+            cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh
+            cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw
+            r = min(h, w) / 6
+            disc = (((cy[:, None] - h / 2) ** 2 + (cx[None, :] - w / 2) ** 2) <= r**2).float().flatten()
+            with torch.no_grad():
+                covered = float((self.masks(disc[None].to(self.images.device)) > 0.5).float().sum())
+            self._widen = (covered / torch.pi) ** 0.5 - r
+        return self._widen
+
     def masks(self, params: torch.Tensor) -> torch.Tensor:
         """B x (H*W): the smooth masks at the input's resolution (what the area counts)."""
         return self.smooth.upsample(self.smooth.work_mask(params)).flatten(1)

@@ -1,0 +1,158 @@
+"""Saliency maps from every method the evaluation compares, behind one call:
+``saliency(method, model, x, target) -> N x H x W``.
+
+Baselines come from Captum (the maintained library for them): gradient, gradient x input,
+integrated gradients, guided backprop and Grad-CAM. Two fixes on top of Captum: its guided
+backprop only overrides ``nn.ReLU`` modules, so on networks with ``nn.ReLU6`` (MobileNets,
+EfficientNet-Lite) it silently returns the plain gradient -- ours covers ReLU6 too; and
+Grad-CAM's layer defaults to the last layer with a spatial output. RISE (Petsiuk et al.,
+BMVC 2018) is written here (it is short), and so is the centre-point baseline. The
+toolkit's own methods (extremal perturbation, PruneGrad) are registered alongside.
+
+Pixel maps are reduced over colour channels by max |.|; every map is N x H x W on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ChanattrError
+from .hooks import frozen, get_layer, list_layers
+from .pixel import as_targets, check_batch
+
+
+def _captum():
+    try:
+        import captum.attr as ca
+    except ImportError:
+        raise ChanattrError("this method needs Captum: pip install captum (or pip install 'chanattr[bench]')") from None
+    return ca
+
+
+def _reduce(attr: torch.Tensor) -> torch.Tensor:
+    return attr.detach().abs().amax(1).cpu()
+
+
+def gradient(model, x, target, **_):
+    return _reduce(_captum().Saliency(model).attribute(x, target=target, abs=False))
+
+
+def gradient_x_input(model, x, target, **_):
+    return _reduce(_captum().InputXGradient(model).attribute(x, target=target))
+
+
+def integrated_gradients(model, x, target, steps: int = 32, **_):
+    """Integrated gradients from a zero (normalisation-mean) baseline, ``steps`` steps."""
+    ig = _captum().IntegratedGradients(model)
+    return _reduce(ig.attribute(x, target=target, n_steps=steps, internal_batch_size=max(steps, 8)))
+
+
+def guided_backprop(model, x, target, **_):
+    """Captum's guided backprop, with the guided rule on ReLU6 as well as ReLU."""
+    ca = _captum()
+
+    class _GuidedBackprop(ca.GuidedBackprop):
+        def _register_hooks(self, module: nn.Module) -> None:
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                from captum._utils.common import _register_backward_hook
+
+                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _reduce(_GuidedBackprop(model).attribute(x, target=target))
+
+
+def last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The last layer whose output is a spatial map (N x C x h x w, h and w > 1): where
+    Grad-CAM is usually computed ("the last convolutional layer")."""
+    found = [i.name for i in list_layers(model, x[:1]) if i.shape is not None and len(i.shape) == 4
+             and i.shape[2] > 1 and i.shape[3] > 1 and i.calls == 1]
+    if not found:
+        raise ChanattrError("no layer with a spatial output found: give gradcam a layer=")
+    return found[-1]
+
+
+def gradcam(model, x, target, layer: str | None = None, **_):
+    """Grad-CAM at ``layer`` (default: the last spatial layer), upsampled to the input, ReLU'd."""
+    ca = _captum()
+    name = layer or last_spatial_layer(model, x)
+    cam = ca.LayerGradCam(model, get_layer(model, name)).attribute(x, target=target, relu_attributions=True)
+    up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up[:, 0].detach().cpu()
+
+
+@torch.no_grad()
+def rise(model, x, target, masks: int = 2000, cells: int = 7, p: float = 0.5, batch_size: int = 64,
+         seed: int = 0, **_):
+    """RISE: the expected target probability under random masks, each pixel weighted by
+    whether it was kept. ``masks`` random binary ``cells`` x ``cells`` grids, upsampled with
+    a random shift; masked pixels go to the model's zero input (the normalisation mean)."""
+    n, _, h, w = x.shape
+    g = torch.Generator().manual_seed(seed)
+    ch, cw = -(-h // cells), -(-w // cells)
+    out = torch.zeros(n, h, w)
+    targets = torch.as_tensor(target, device=x.device).view(-1).expand(n)
+    for s in range(0, masks, batch_size):
+        b = min(batch_size, masks - s)
+        grid = (torch.rand(b, 1, cells, cells, generator=g) < p).float()
+        up = F.interpolate(grid, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear", align_corners=False)
+        dy = torch.randint(0, ch, (b,), generator=g)
+        dx = torch.randint(0, cw, (b,), generator=g)
+        m = torch.stack([up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])  # b x h x w
+        md = m.to(x.device)
+        for i in range(n):
+            probs = model(x[i : i + 1] * md[:, None]).softmax(1)[:, targets[i]]
+            out[i] += (probs.cpu()[:, None, None] * m).sum(0)
+    return out / (masks * p)
+
+
+def centre(model, x, target, **_):
+    """The centre-point baseline: a map peaked at the image centre."""
+    n, _, h, w = x.shape
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    d = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2
+    return (-d.float()).expand(n, h, w).clone()
+
+
+def extremal(model, x, target, areas=(0.018, 0.025, 0.05, 0.1), **kw):
+    """The saliency of extremal perturbations (preserve): the smoothed sum of the masks at ``areas``."""
+    from .pixel import extremal_perturbation
+
+    return extremal_perturbation(model, x, target, areas, progress=False, **kw).saliency().cpu()
+
+
+def prunegrad_map(model, x, target, keep: float = 0.15, **kw):
+    from .prunegrad import prunegrad
+
+    return prunegrad(model, x, target, keep=keep, **kw).saliency.cpu()
+
+
+METHODS: dict[str, Callable] = {
+    "extremal": extremal,
+    "prunegrad": prunegrad_map,
+    "gradient": gradient,
+    "gradient_x_input": gradient_x_input,
+    "integrated_gradients": integrated_gradients,
+    "guided_backprop": guided_backprop,
+    "gradcam": gradcam,
+    "rise": rise,
+    "centre": centre,
+}
+
+
+def saliency(method: str, model: nn.Module, x: torch.Tensor, target, **kwargs) -> torch.Tensor:
+    """An N x H x W saliency map of ``method`` (one of ``METHODS``) for N images (the model's
+    normalised input) and their targets. The model runs in eval mode and is left as found."""
+    if method not in METHODS:
+        raise ChanattrError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    x = check_batch(x)
+    targets = as_targets(target, x.shape[0], x.device)
+    with frozen(model):
+        return METHODS[method](model, x, targets, **kwargs)
