@@ -5,6 +5,10 @@ The public API, re-exported here:
 - models: ``load_model``, ``LoadedModel``, ``Preprocessing``
 - images: ``load_image``, ``prepare_image``, ``prepare_images``, ``PreparedImage``, ``SAMPLES``
 - hooks: ``get_layer``, ``list_layers``, ``LayerHooks``, ``capture``, ``edit``, ``preserved``
+- extremal perturbations: ``extremal_perturbation`` (pixels), ``channel_extremal_perturbation``
+  (channels of a layer), ``channel_curve``, ``class_channels``, ``Schedule``
+- other methods: ``prunegrad``, ``saliency`` (every method behind one call, Captum baselines)
+- metrics: ``chanattr.evaluation``; COCO data: ``chanattr.coco``; figures: ``chanattr.plotting``
 """
 
 __version__ = "0.1.0"
@@ -13,8 +17,25 @@ from .errors import ChanattrError, LayerNotFoundError
 from .hooks import LayerHooks, LayerInfo, capture, edit, frozen, get_layer, layer_names, list_layers, model_state, preserved
 from .images import SAMPLES, PreparedImage, load_image, prepare_image, prepare_images
 from .models import LoadedModel, Preprocessing, load_model
+from .extremal import Schedule
+from .pixel import PixelResult, extremal_perturbation
+from .channel import ChannelCurve, ChannelResult, ChannelSpace, channel_curve, channel_extremal_perturbation, class_channels
+from .prunegrad import PruneGradResult, prunegrad
+from .baselines import saliency
 
 __all__ = [
+    "ChannelCurve",
+    "ChannelResult",
+    "ChannelSpace",
+    "PixelResult",
+    "PruneGradResult",
+    "Schedule",
+    "channel_curve",
+    "channel_extremal_perturbation",
+    "class_channels",
+    "extremal_perturbation",
+    "prunegrad",
+    "saliency",
     "ChanattrError",
     "LayerHooks",
     "LayerInfo",

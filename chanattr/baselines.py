@@ -93,12 +93,14 @@ def rise(model, x, target, masks: int = 2000, cells: int = 7, p: float = 0.5, ba
          seed: int = 0, **_):
     """RISE: the expected target probability under random masks, each pixel weighted by
     whether it was kept. ``masks`` random binary ``cells`` x ``cells`` grids, upsampled with
-    a random shift; masked pixels go to the model's zero input (the normalisation mean)."""
+    a random shift; masked pixels go to the model's zero input (the normalisation mean).
+    Rows of ``x`` that are the same image (several targets) share their forward passes."""
     n, _, h, w = x.shape
     g = torch.Generator().manual_seed(seed)
     ch, cw = -(-h // cells), -(-w // cells)
     out = torch.zeros(n, h, w)
     targets = torch.as_tensor(target, device=x.device).view(-1).expand(n)
+    first = [next(j for j in range(i + 1) if torch.equal(x[j], x[i])) for i in range(n)]
     for s in range(0, masks, batch_size):
         b = min(batch_size, masks - s)
         grid = (torch.rand(b, 1, cells, cells, generator=g) < p).float()
@@ -107,9 +109,11 @@ def rise(model, x, target, masks: int = 2000, cells: int = 7, p: float = 0.5, ba
         dx = torch.randint(0, cw, (b,), generator=g)
         m = torch.stack([up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])  # b x h x w
         md = m.to(x.device)
+        probs = {}
         for i in range(n):
-            probs = model(x[i : i + 1] * md[:, None]).softmax(1)[:, targets[i]]
-            out[i] += (probs.cpu()[:, None, None] * m).sum(0)
+            if first[i] not in probs:
+                probs[first[i]] = model(x[i : i + 1] * md[:, None]).softmax(1).cpu()
+            out[i] += (probs[first[i]][:, int(targets[i])][:, None, None] * m).sum(0)
     return out / (masks * p)
 
 

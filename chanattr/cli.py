@@ -235,6 +235,48 @@ def cmd_channels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
+    p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
+    p.add_argument("--keep", type=float, default=0.15, metavar="F", help="fraction of neurons kept, in (0, 1] (default 0.15)")
+    p.add_argument("--granularity", choices=["neuron", "channel"], default="neuron",
+                   help="prune single neurons (default) or whole channels")
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="keep the top fraction over all layers at once (default) or in each layer")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="modules to prune (default: every activation module)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a sub-folder per image when several)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    add_model_args(p)
+
+
+@command("prunegrad", "PruneGrad: the input gradient through the network pruned to its important neurons",
+         _setup_prunegrad)
+def cmd_prunegrad(args: argparse.Namespace) -> int:
+    import torch
+
+    from .images import prepare_images
+    from .outputs import image_dirs, output_dir, write_prunegrad
+    from .prunegrad import prunegrad
+
+    if not 0 < args.keep <= 1:
+        raise ChanattrError(f"--keep {args.keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")
+    files = ("saliency.npz", "summary.json", "prunegrad.png", "channels.npz")
+    lm = model_from_args(args)
+    images = prepare_images(args.image, lm.preprocessing)
+    dirs = [output_dir(d, files, args.overwrite) for d in image_dirs(args.out, [im.name for im in images])]
+    x = torch.stack([im.input for im in images]).to(lm.device)
+    targets = resolve_targets(lm, x, args.target)
+    result = prunegrad(lm.model, x, targets, keep=args.keep, granularity=args.granularity, scope=args.scope,
+                       layers=args.layers)
+    plain = prunegrad(lm.model, x, targets, keep=1.0, layers=args.layers).saliency
+    for i, (img, folder) in enumerate(zip(images, dirs)):
+        summary = write_prunegrad(folder, lm, img, x[i], result, i, plain[i])
+        ch = summary["channel_attribution"]
+        extra = f", {len(ch['channels'])} channels kept at {ch['layer']}" if ch else ""
+        print(f"{img.name}: target {int(targets[i])} ({lm.class_name(int(targets[i]))}){extra} -> {folder}")
+    return 0
+
+
 def _parse_channels(text: str) -> list[int]:
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t != ""]

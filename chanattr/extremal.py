@@ -140,6 +140,8 @@ class Schedule:
     ``restarts``: with a search (or noise), each mask is optimised from that many starts at
     once (the best candidates), and the best binary result is kept. ``search_pairs``: the
     search also tries the unions of pairs of the best this-many candidates at half the area.
+    ``search_side``: candidates per side of the search grid (0: about one blob radius apart,
+    at least 7; small areas then mean many candidates -- cap it to trade quality for time).
 
     *Steps.* SGD with momentum (or Adam) at learning rate ``lr``, decayed by the factor
     ``lr_decay`` over the run. The ranking area penalty's weight grows geometrically from
@@ -169,6 +171,7 @@ class Schedule:
     init_noise: float = 0.0
     restarts: int = 1
     search_pairs: int = 6
+    search_side: int = 0
     jitter: bool = True
     harden: float = 0.0
     min_iterations: int = 60
@@ -263,7 +266,7 @@ def optimise(
     item_areas = area_t.repeat_interleave(r).repeat(n)
     if searching:
         params = _search(space, image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r,
-                         schedule.search_pairs)
+                         schedule.search_pairs, schedule.search_side)
     elif schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
         params = space.init_params(n * k * r, {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant])
     else:  # every entry at its area's level
@@ -359,7 +362,7 @@ def optimise(
 
 
 @torch.no_grad()
-def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 6,
+def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 6, side: int = 0,
             batch_size: int = 32) -> torch.Tensor:
     """Each item's ``keep`` best starts among the space's candidate masks, scored as binary
     masks of exactly the item's area (like the extremal score): the candidates at that area,
@@ -381,13 +384,21 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
             out.append(torch.where(off, value - 1e9, value))
         return torch.cat(out)
 
+    memo: dict = {}  # the half-area scores of one image, target and area (shared across items)
+
+    def half_scores(item: int, area: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+        key = (int(image_index[item]), int(targets[item]), float(area))
+        if key not in memo:
+            memo[key] = score(half, item, area)
+        return memo[key]
+
     chosen = []
     for item in range(image_index.shape[0]):
         area = areas[item]
-        cands = space.candidates(float(area), variant)  # P x params
+        cands = space.candidates(float(area), variant, side)  # P x params
         if pairs > 1:
-            half = space.candidates(float(area) / 2, variant)
-            top = half[score(half, item, area / 2).argsort(descending=True)[:pairs]]
+            half = space.candidates(float(area) / 2, variant, side)
+            top = half[half_scores(item, area / 2, half).argsort(descending=True)[:pairs]]
             i, j = torch.triu_indices(top.shape[0], top.shape[0], offset=1)
             cands = torch.cat([cands, torch.maximum(top[i], top[j])])
         order = score(cands, item, area).argsort(descending=True)

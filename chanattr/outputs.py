@@ -283,3 +283,52 @@ def write_visualisation(folder: Path, lm, layer: str, channels: list[int], label
     fig.savefig(folder / "channels.png", dpi=150)
     plt.close(fig)
     return {"channels": channels, "seconds": v.seconds}
+
+
+def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int, plain: torch.Tensor) -> dict:
+    """``saliency.npz``, ``channels.npz`` (the last hooked layer's kept channels, readable by
+    ``chanattr invert --from``), ``summary.json`` and ``prunegrad.png`` for one image.
+    ``plain``: the plain input-gradient map of the same image (H x W), for the figure."""
+    import matplotlib.pyplot as plt
+
+    from .channel import ChannelSpace, channel_curve
+    from .plotting import plot_saliency_maps
+
+    target = int(result.targets[index])
+    sites = list(result.kept)
+    counts = {s: int((k[index] > 0).sum()) for s, k in result.kept.items()}
+    totals = {s: int(k.shape[1]) for s, k in result.kept.items()}
+    write_npz(folder / "saliency.npz", saliency=result.saliency[index], input=x, target=np.int64(target),
+              kept_layers=np.array(sites), kept_counts=np.array([counts[s] for s in sites], dtype=np.int64),
+              kept_totals=np.array([totals[s] for s in sites], dtype=np.int64))
+    summary = {
+        "image": image.name,
+        "model": lm.name,
+        "target": target,
+        "class_name": lm.class_name(target),
+        **{k: result.info[k] for k in ("keep", "granularity", "scope")},
+        "kept_channels": {s: {"kept": counts[s], "of": totals[s]} for s in sites},
+    }
+    # the kept channels of the last hooked layer, as a channel attribution
+    site = sites[-1]
+    layer = site.split("#")[0]
+    if "#" not in site:
+        values = result.kept[site][index]  # fraction of each channel's neurons kept
+        ranking = torch.argsort(-values, stable=True)
+        with torch.no_grad():
+            space = ChannelSpace(lm.model, x[None], layer)
+            curve = channel_curve(space, ranking, target)
+        fraction = max(counts[site], 1) / totals[site]
+        write_npz(folder / "channels.npz", masks=values[None], areas=np.array([fraction], dtype=np.float32),
+                  input=x, target=np.int64(target), layer=np.array(layer))
+        summary["channel_attribution"] = {"layer": layer, "channels": ranking[: counts[site]].tolist(),
+                                          "channel_curve": curve.to_dict(0), "path": space.path}
+    else:
+        summary["channel_attribution"] = None  # a module run several times: no single layer to invert
+    write_json(folder / "summary.json", summary)
+    fig = plot_saliency_maps(image.rgb, [plain.cpu().numpy(), result.saliency[index].cpu().numpy()],
+                             ["gradient", f"PruneGrad (keep {result.info['keep']:g})"],
+                             title=f"{image.name}: {lm.class_name(target)} ({target})")
+    fig.savefig(folder / "prunegrad.png", dpi=150)
+    plt.close(fig)
+    return summary

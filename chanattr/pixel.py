@@ -70,22 +70,23 @@ class PixelSpace:
     def init_params(self, num_items: int, value: float) -> torch.Tensor:
         return torch.full((num_items, self.smooth.num_params), float(value), device=self.images.device)
 
-    def candidates(self, area: float, variant: str = "preserve") -> torch.Tensor:
+    def candidates(self, area: float, variant: str = "preserve", side: int = 0) -> torch.Tensor:
         """Parameters of round blobs covering ``area`` of the image, centred on a grid about
-        one blob radius apart (at least 7 x 7): the starts that ``Schedule(start="search")``
-        scores. Blobs cut by the border are widened to keep their visible area."""
+        one blob radius apart (at least 7 x 7; ``side`` x ``side`` when given): the starts that
+        ``Schedule(start="search")`` scores. Blobs cut by the border are widened to keep their
+        visible area."""
         cache = self.__dict__.setdefault("_candidates", {})
-        if area not in cache:
-            cache[area] = self._blobs(area)
-        return cache[area]
+        if (area, side) not in cache:
+            cache[(area, side)] = self._blobs(area, side)
+        return cache[(area, side)]
 
-    def _blobs(self, area: float) -> torch.Tensor:
+    def _blobs(self, area: float, side: int = 0) -> torch.Tensor:
         h, w = self.images.shape[-2:]
         gh, gw = self.smooth.grid
         cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * h / gh
         cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * w / gw
         target_radius = (area * h * w / torch.pi) ** 0.5
-        per_side = max(7, int(round(max(h, w) / max(target_radius, 1.0))))
+        per_side = side or max(7, int(round(max(h, w) / max(target_radius, 1.0))))
         widen = self._widening()
         # pixel-level geometry: for each centre, the disc radius whose widened, visible
         # area is closest to the area asked for

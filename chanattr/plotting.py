@@ -143,3 +143,22 @@ def plot_channels(
         if title:
             fig.suptitle(title)
     return fig
+
+
+def plot_saliency_maps(rgb: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str], *,
+                       title: str | None = None) -> plt.Figure:
+    """The photo, then each H x W map (heat map, scaled to its 99.5th percentile) beside it."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.2 * (len(maps) + 1), 2.5), constrained_layout=True)
+        axes[0].imshow(to_image(rgb))
+        axes[0].set_title("input")
+        _off(axes[0])
+        for ax, m, t in zip(axes[1:], maps, titles):
+            m = np.asarray(m, dtype=np.float32)
+            top = float(np.quantile(m, 0.995)) or 1.0
+            ax.imshow(np.clip(m / top, 0, 1), cmap="inferno", vmin=0, vmax=1)
+            ax.set_title(t)
+            _off(ax)
+        if title:
+            fig.suptitle(title)
+    return fig

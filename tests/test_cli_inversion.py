@@ -122,3 +122,36 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     # the embedded figures rendered: many rows are far from plain white
     busy_rows = (img.std(axis=1) > 20).sum()
     assert busy_rows > 800
+
+
+def test_prunegrad_command_and_invert_from_its_channels(capsys, tmp_path):
+    pg = tmp_path / "pg"
+    code, stdout, err = run(capsys, "prunegrad", "chelsea", "coffee", *PLANTED[:-1], "--target", "0",
+                            "--keep", "0.2", "--granularity", "channel", "--out", pg)
+    assert code == 0, err
+    for name in ("chelsea", "coffee"):
+        data = np.load(pg / name / "saliency.npz")
+        assert data["saliency"].shape == (16, 16) and data["saliency"].dtype == np.float32
+        assert int(data["target"]) == 0 and data["input"].shape == (3, 16, 16)
+        summary = json.loads((pg / name / "summary.json").read_text())
+        assert summary["keep"] == 0.2 and summary["granularity"] == "channel"
+        ch = summary["channel_attribution"]
+        assert ch["layer"] == data["kept_layers"][-1]
+        assert len(ch["channels"]) == int(data["kept_counts"][-1]) > 0
+        assert len(ch["channel_curve"]["k"]) == len(ch["channel_curve"]["kept"])
+        assert (pg / name / "prunegrad.png").stat().st_size > 5_000
+    layer = str(np.load(pg / "chelsea" / "saliency.npz")["kept_layers"][-1])
+    kept = json.loads((pg / "chelsea" / "summary.json").read_text())["channel_attribution"]["channels"]
+    assert {3, 7, 11} <= set(kept)  # the planted channels carry class 0
+    out = tmp_path / "inv"
+    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", layer, "--from", pg / "chelsea",
+                       "--iterations", "3", "--param", "pixel", "--out", out)
+    assert code == 0, err
+    assert sorted(np.load(out / "inversions.npz")["channels"].tolist()) == sorted(kept)
+
+
+@pytest.mark.parametrize("extra, match", [(["--keep", "0"], "outside (0, 1]"), (["--keep", "1.5"], "outside (0, 1]"),
+                                          (["--layers", "nope"], "nope")])
+def test_prunegrad_command_bad_input(capsys, tmp_path, extra, match):
+    code, _, err = run(capsys, "prunegrad", "chelsea", *PLANTED[:-1], *extra, "--out", tmp_path / "x")
+    assert code == 2 and match in err and err.count("\n") == 1
