@@ -371,37 +371,56 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
     Returns (items * keep) x params."""
     sign = -1.0 if variant == "delete" else 1.0
 
-    def score(cands: torch.Tensor, item: int, area: torch.Tensor) -> torch.Tensor:
-        out = []
+    def binarise(cands: torch.Tensor, area: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates' binary masks at ``area`` (P x ..., bool) and whether each one's
+        soft mask is far from the area (a start that would not stay there: ranked last)."""
+        hard, off = [], []
         for s in range(0, cands.shape[0], batch_size):
-            c = cands[s : s + batch_size]
-            b = c.shape[0]
-            soft = space.masks(c)
-            value = sign * _variant_reward(space, harden(soft, area.expand(b)), image_index[item].expand(b),
-                                           targets[item].expand(b), variant, kind, False)
-            # a start whose soft mask is far from the area would not stay there: rank it last
-            off = ((soft > 0.5).float().mean(1) - float(area)).abs() > 0.15 * float(area)
-            out.append(torch.where(off, value - 1e9, value))
+            soft = space.masks(cands[s : s + batch_size])
+            hard.append(harden(soft, torch.full((soft.shape[0],), area, dtype=torch.float64)) > 0.5)
+            off.append(((soft > 0.5).float().mean(1) - area).abs() > 0.15 * area)
+        return torch.cat(hard), torch.cat(off)
+
+    prepared: dict = {}  # (candidate area, area) -> binarise(...): the same for every image
+
+    def candidate_masks(cand_area: float, area: float):
+        key = (cand_area, area)
+        if key not in prepared:
+            prepared[key] = binarise(space.candidates(cand_area, variant, side), area)
+        return prepared[key]
+
+    def score(hard: torch.Tensor, off: torch.Tensor, item: int) -> torch.Tensor:
+        out = []
+        for s in range(0, hard.shape[0], batch_size):
+            m = hard[s : s + batch_size].float()
+            b = m.shape[0]
+            value = sign * _variant_reward(space, m, image_index[item].expand(b), targets[item].expand(b), variant,
+                                           kind, False)
+            out.append(torch.where(off[s : s + batch_size], value - 1e9, value))
         return torch.cat(out)
 
     memo: dict = {}  # the half-area scores of one image, target and area (shared across items)
 
-    def half_scores(item: int, area: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-        key = (int(image_index[item]), int(targets[item]), float(area))
+    def half_scores(item: int, area: float) -> torch.Tensor:
+        key = (int(image_index[item]), int(targets[item]), area)
         if key not in memo:
-            memo[key] = score(half, item, area)
+            memo[key] = score(*candidate_masks(area, area), item)
         return memo[key]
 
     chosen = []
     for item in range(image_index.shape[0]):
-        area = areas[item]
-        cands = space.candidates(float(area), variant, side)  # P x params
+        area = float(areas[item])
+        cands = space.candidates(area, variant, side)  # P x params
+        hard, off = candidate_masks(area, area)
         if pairs > 1:
-            half = space.candidates(float(area) / 2, variant, side)
-            top = half[half_scores(item, area / 2, half).argsort(descending=True)[:pairs]]
+            half = space.candidates(area / 2, variant, side)
+            top = half[half_scores(item, area / 2).argsort(descending=True)[:pairs]]
             i, j = torch.triu_indices(top.shape[0], top.shape[0], offset=1)
-            cands = torch.cat([cands, torch.maximum(top[i], top[j])])
-        order = score(cands, item, area).argsort(descending=True)
+            unions = torch.maximum(top[i], top[j])
+            hard_u, off_u = binarise(unions, area)
+            cands = torch.cat([cands, unions])
+            hard, off = torch.cat([hard, hard_u]), torch.cat([off, off_u])
+        order = score(hard, off, item).argsort(descending=True)
         picks = order[:keep]
         if picks.numel() < keep:  # fewer candidates than restarts: repeat the best
             picks = torch.cat([picks, picks[:1].expand(keep - picks.numel())])

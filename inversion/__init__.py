@@ -7,7 +7,7 @@
 - Pieces: ``param`` (image parameterisations), ``objectives``, ``transforms``.
 """
 
-from .figures import plot_channel_grid, plot_inversions
+from .figures import plot_channel_grid, plot_inversion_grid, plot_inversions
 from .invert import InversionResult, InversionSettings, channel_mask, invert
 from .objectives import alpha_norm, feature_loss, total_variation
 from .param import fourier_image, lucent_device, pixel_image
@@ -25,6 +25,7 @@ __all__ = [
     "lucent_device",
     "pixel_image",
     "plot_channel_grid",
+    "plot_inversion_grid",
     "plot_inversions",
     "total_variation",
     "visualize_channels",

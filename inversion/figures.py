@@ -45,3 +45,28 @@ def plot_channel_grid(images: torch.Tensor, labels: Sequence[str], *, title: str
         if title:
             fig.suptitle(title)
     return fig
+
+
+def plot_inversion_grid(rows: Sequence[dict], *, title: str = ""):
+    """One row per (image, layer): ``{"label", "original", "inversions": {name: 3 x H x W},
+    "counts": {name: int}, "total": int}`` -> original | all | salient subset | the rest."""
+    names = {"all": "all channels", "subset": "salient channels", "rest": "the other channels"}
+    cols = 1 + max(len(r["inversions"]) for r in rows)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.0 * len(rows) + 0.2), layout="constrained",
+                                 squeeze=False)
+        for r, row_axes in zip(rows, axes):
+            row_axes[0].imshow(to_image(r["original"]))
+            row_axes[0].set_ylabel(r["label"], fontsize=8)
+            row_axes[0].set_title("original" if r is rows[0] else "")
+            for ax, (k, img) in zip(row_axes[1:], r["inversions"].items()):
+                ax.imshow(to_image(img))
+                ax.set_title(f"{names.get(k, k)}\n{r['counts'][k]} of {r['total']}", fontsize=7)
+            for ax in row_axes:
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for s in ax.spines.values():
+                    s.set_visible(False)
+        if title:
+            fig.suptitle(title)
+    return fig
