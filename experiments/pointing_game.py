@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cached-only", action="store_true",
                     help="compute nothing: report the pairs that every method has cached (say how many)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--reverse", action="store_true",
+                    help="work through the photos last first (a second process can share the cache)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         by_image.setdefault(im.name, []).append(c)
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     bar = tqdm(total=len(pairs) * len(args.methods), disable=args.quiet or None, desc="pointing game")
-    for name, classes in by_image.items():
+    for name, classes in (reversed(by_image.items()) if args.reverse else by_image.items()):
         im = data[name]
         x = None
         for method in args.methods:
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 seg = segment_mask(im, c, data.mask_classes, size)
                 rec = {
                     "image": name, "class": c, "target": t, "method": method, "seconds": seconds,
+                    "settings": repr(method_kwargs(method, args)),
                     "point": list(max_point(m)),
                     "hit_box": pointing_hit(m, box_mask(im, c, size), args.tolerance),
                     "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
