@@ -8,6 +8,7 @@ optionally ``masks/NAME.png`` (panoptic category ids as in ``masks_classes.yaml`
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,16 @@ COCO_TO_IMAGENET: dict[str, list[int]] = {
     "teddy bear": [850],
     "hair drier": [589],
 }
+
+
+def default_coco_root() -> Path:
+    """Where coco128 is: ``$CHANATTR_COCO``, else ``../shared/data/coco128`` beside this
+    checkout, else the same beside the working directory, else ``/work/shared/data/coco128``
+    (the first that exists; the second when none does)."""
+    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
+    options = [Path(os.environ["CHANATTR_COCO"])] if os.environ.get("CHANATTR_COCO") else []
+    options += [here, Path.cwd().parent / "shared" / "data" / "coco128", Path("/work/shared/data/coco128")]
+    return next((p for p in options if (p / "images").is_dir()), here)
 
 
 def read_class_names(path: str | Path) -> dict[int, str]:

@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from chanattr import SAMPLES, load_model, prepare_image
+from chanattr.coco import default_coco_root
 from chanattr.evaluation import extremal_score
 from chanattr.pixel import extremal_perturbation
 
 AREAS = (0.05, 0.1, 0.2)
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco128"
+DEFAULT_DATA = default_coco_root()
 
 
 def coco_images(data: Path, count: int) -> list[Path]:

@@ -22,9 +22,10 @@ import torch
 from chanattr import SAMPLES, load_model, prepare_images
 from chanattr.channel import ChannelSpace, channel_extremal_perturbation
 from chanattr.channel_rankings import rank_by_ablation, rank_by_activation, rank_by_taylor, rank_random
+from chanattr.coco import default_coco_root
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco128"
+DEFAULT_DATA = default_coco_root()
 
 
 def top_k_scores(space: ChannelSpace, ranking: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:

@@ -30,12 +30,12 @@ from tqdm import tqdm
 
 from chanattr import load_model, prepare_image
 from chanattr.baselines import METHODS, saliency
-from chanattr.coco import COCO_TO_IMAGENET, box_mask, imagenet_target, read_coco, segment_mask
-from chanattr.extremal import Schedule
+from chanattr.coco import COCO_TO_IMAGENET, box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import PointingGame, max_point, pointing_hit
+from chanattr.extremal import Schedule
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco128"
+DEFAULT_DATA = default_coco_root()
 ORDER = ["extremal", "gradcam", "rise", "prunegrad", "integrated_gradients", "gradient", "gradient_x_input",
          "guided_backprop", "centre"]
 

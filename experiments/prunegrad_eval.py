@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from chanattr import SAMPLES, load_model, prepare_images, saliency
+from chanattr.coco import default_coco_root
 from chanattr.evaluation import cascading_randomisation, default_stages, insertion_deletion
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco128"
+DEFAULT_DATA = default_coco_root()
 METHODS = ["prunegrad", "gradient", "gradient_x_input", "integrated_gradients", "guided_backprop", "gradcam"]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chanattr import ChanattrError
-from chanattr.coco import COCO_TO_IMAGENET, box_mask, crop_transform, imagenet_target, read_coco, segment_mask
+from chanattr.coco import COCO_TO_IMAGENET, default_coco_root, box_mask, crop_transform, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import (
     PointingGame,
     cascading_randomisation,
@@ -23,7 +23,7 @@ from models_gt import RegionNet, textured
 from models_gt import box_mask as rect
 from conftest import TinyNet
 
-COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
+COCO = default_coco_root()
 
 
 def peaked(size: int, row: int, col: int) -> torch.Tensor:
