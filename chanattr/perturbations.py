@@ -20,9 +20,11 @@ def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32) -> torch.T
     return k / k.sum()
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur N x C x H x W images with a Gaussian of ``sigma`` pixels (separable, reflected border).
+def gaussian_blur(x: torch.Tensor, sigma: float, border: str = "reflect") -> torch.Tensor:
+    """Blur N x C x H x W images with a Gaussian of ``sigma`` pixels (separable).
 
+    ``border``: ``"reflect"`` (images) or ``"zero"`` (maps that are 0 outside the image: a
+    reflected border would make a blob touching the edge peak at the edge).
     ``sigma <= 0`` returns ``x`` unchanged.
     """
     if sigma <= 0:
@@ -30,8 +32,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = gaussian_kernel1d(sigma, x.device, x.dtype)
     r = k.numel() // 2
     n, c, h, w = x.shape
-    mode = "reflect" if r < min(h, w) else "replicate"
-    y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode=mode)
+    if border == "zero":
+        y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r))
+    else:
+        mode = "reflect" if r < min(h, w) else "replicate"
+        y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode=mode)
     y = F.conv2d(y, k.view(1, 1, 1, -1))
     y = F.conv2d(y, k.view(1, 1, -1, 1))
     return y.view(n, c, h, w)

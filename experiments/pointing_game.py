@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
                 }
                 p.write_text(json.dumps(rec))
+                np.savez_compressed(p.with_suffix(".npz"), saliency=m.numpy().astype(np.float16))  # for other metrics
                 results[method].append(rec)
             bar.update(len(classes))
     bar.close()

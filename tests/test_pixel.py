@@ -150,3 +150,19 @@ def test_bad_arguments(region, kwargs, match):
     with pytest.raises(ChanattrError, match=match):
         extremal_perturbation(region, textured(SIZE), 0, **args)
     assert model_state(region) == before
+
+
+def test_saliency_peaks_inside_a_blob_at_the_border():
+    """The saliency sums the binary top-a masks and smooths with zero outside the image: a
+    blob in the corner peaks inside the blob, not at the corner pixel (a reflected border
+    would put the peak on the edge), and soft masks below 0.5 still count by their order."""
+    from chanattr.pixel import PixelResult
+
+    m = torch.zeros(1, 2, 40, 40)
+    m[0, 0, :10, :10] = 0.3
+    m[0, 1, :16, :16] = 0.4
+    r = PixelResult(masks=m, areas=torch.tensor([100 / 1600, 256 / 1600], dtype=torch.float64),
+                    targets=torch.tensor([0]), variant="preserve", reward_kind="simple", reward_history=None,
+                    area_history=None, final_reward=None, binary_reward=None, iterations=1, seconds=0.0, info={})
+    row, col = divmod(int(r.saliency(sigma=3)[0].argmax()), 40)
+    assert 2 <= row <= 9 and 2 <= col <= 9
