@@ -10,8 +10,9 @@ an interrupted run resumes; ``--fresh`` ignores the cache.
     pip install -e ".[bench]"
     python experiments/bench_extremal.py --threads 1
 
-Needs TorchRay (the ``bench`` extra). Peak memory is the process's peak resident set size
-growth during each method's call (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
+Needs TorchRay (the ``bench`` extra). Peak memory: the resident set size above its level at
+the start of each method's call, sampled every 20 ms (CPU), or ``torch.cuda.max_memory_allocated``
+(GPU).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import resource
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -43,26 +45,40 @@ def coco_images(data: Path, count: int) -> list[Path]:
     return files[:count]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def rss_mb() -> float:
+    """The process's current resident set size (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return 0.0
 
 
 def run_method(fn, device: torch.device):
-    """Run ``fn`` and return (result, seconds, peak MB)."""
+    """Run ``fn`` and return (result, seconds, peak MB above the resident size at the start,
+    sampled every 20 ms on the CPU; ``torch.cuda.max_memory_allocated`` on a GPU)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
-    before = peak_rss_mb()
+    base, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], rss_mb() - base)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
     start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = max(peak_rss_mb() - before, 0.0)
-    return out, seconds, peak
+    try:
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        done.set()
+        watcher.join()
+    mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(peak[0], rss_mb() - base)
+    return out, seconds, mb
 
 
 def bench_one(lm, source: str, device: torch.device) -> dict:
