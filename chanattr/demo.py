@@ -77,8 +77,8 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
                 [f"Smallest smooth regions that keep the '{explain['class_name']}' logit "
                  f"({explain['target_logit_full_image']:.2f} on the whole photo) as high as possible when the rest is "
                  "blurred, at three areas. Extremal score: the logit with exactly that fraction of pixels kept."],
-                tables=[(["area", "final reward", "extremal score", "mask area (> 0.5)"],
-                         [[a, r, s, m] for a, r, s, m in zip(explain["areas"], explain["final_reward"],
+                tables=[(["area", "reward (binary mask)", "extremal score", "soft mask area (> 0.5)"],
+                         [[a, r, s, m] for a, r, s, m in zip(explain["areas"], explain["binary_reward"],
                                                              explain["extremal_score"], explain["mask_area"])])],
                 figures=[(dirs["explain"] / "explain.png", "Masks, what the model saw, and the score against area.")]),
         Section(f"Which channels: extremal perturbations at layer {DEMO_LAYER}",

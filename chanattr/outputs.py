@@ -94,7 +94,12 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
     if len(areas) >= 3:
         grid = _curve_areas(areas)
         curve = (grid, area_curve(lm.model, x1, masks[None], target, grid, variant=score_variant)[0].tolist())
-    keep = (1 - masks if result.variant == "delete" else masks).to(x.device)
+    # what the optimiser scored: the binary top-a of each mask (its soft values need only the
+    # right order, so they can sit below 0.5); the figure shows these binary masks
+    from .extremal import top_fraction
+
+    binary = top_fraction(masks.reshape(len(areas), -1), torch.tensor(areas, dtype=torch.float64)).view_as(masks)
+    keep = (1 - binary if result.variant == "delete" else binary).to(x.device)
     perturbation = make_perturbation(result.info["perturbation"], x1, max_sigma=result.info["max_blur"])
     with torch.no_grad():
         seen = perturbation.apply(keep[:, None], torch.zeros(len(areas), dtype=torch.long, device=x.device))
@@ -111,6 +116,7 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
         "perturbation": result.info["perturbation"],
         "reward": result.reward_kind,
         "final_reward": result.final_reward[index].tolist(),
+        "binary_reward": result.binary_reward[index].tolist(),
         "extremal_score": scores.tolist(),
         "mask_area": result.mask_area()[index].tolist(),
         "iterations": result.iterations,
@@ -120,8 +126,8 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
     if curve is not None:
         summary["area_curve"] = {"areas": curve[0], "best_score": curve[1]}
     write_json(folder / "summary.json", summary)
-    fig = plot_explain(image.rgb, masks, areas, seen, title=f"{image.name}: {lm.class_name(target)} ({target})",
-                       rewards=result.final_reward[index].tolist(), curve=curve, full_score=full,
+    fig = plot_explain(image.rgb, binary, areas, seen, title=f"{image.name}: {lm.class_name(target)} ({target})",
+                       rewards=scores.tolist(), curve=curve, full_score=full,
                        variant=result.variant)
     fig.savefig(folder / "explain.png", dpi=150)
     import matplotlib.pyplot as plt

@@ -59,7 +59,8 @@ def plot_explain(
     variant: str = "preserve",
 ):
     """The photo; each mask over it (top row) and the input the model saw (bottom row);
-    and the area curve (best score found against area) when given.
+    and the area curve (best score found against area) when given. ``rewards``: the score
+    of each mask, shown in its title.
 
     ``rgb``: 3 x H x W in [0, 1]; ``masks``: K x H x W; ``perturbed``: K x 3 x H x W in [0, 1].
     """
@@ -81,7 +82,7 @@ def plot_explain(
             ax.contour(m, levels=[0.5], colors="#ffcc00", linewidths=0.8)
             label = f"area {areas[i]:.3g}"
             if rewards is not None:
-                label += f"\nreward {rewards[i]:.2f}"
+                label += f"\nscore {rewards[i]:.2f}"
             ax.set_title(label)
             _off(ax)
             ax = fig.add_subplot(grid[1, i + 1])
