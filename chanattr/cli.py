@@ -124,10 +124,27 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_args(p: argparse.ArgumentParser, *, areas: Sequence[float]) -> None:
-    """Arguments shared by the extremal-perturbation commands."""
+def add_images_args(p: argparse.ArgumentParser) -> None:
+    """IMAGE... and --target, for the commands that attribute several images."""
     p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
     p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
+
+
+def add_output_args(p: argparse.ArgumentParser, *, per_image: bool = False, seed: bool = True,
+                    progress: bool = True) -> None:
+    """--out and --overwrite (and --seed, --no-progress where the command has them)."""
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder" + (" (a sub-folder per image when several)" if per_image else ""))
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, areas: Sequence[float]) -> None:
+    """Arguments shared by the extremal-perturbation commands."""
+    add_images_args(p)
     p.add_argument("--areas", type=float, nargs="+", default=list(areas), metavar="A",
                    help=f"areas as fractions in (0, 1) (default {' '.join(str(a) for a in areas)})")
     p.add_argument("--variant", choices=["preserve", "delete", "dual"], default="preserve",
@@ -135,10 +152,7 @@ def add_run_args(p: argparse.ArgumentParser, *, areas: Sequence[float]) -> None:
     p.add_argument("--reward", choices=["simple", "contrastive"], default="simple",
                    help="target logit (simple, default) or target minus the best other logit (contrastive)")
     p.add_argument("--iterations", type=int, metavar="N", help="most iterations (the run stops once the masks settle)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a sub-folder per image when several)")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_args(p, per_image=True)
 
 
 def resolve_targets(lm, x, target: str):
@@ -158,15 +172,21 @@ def resolve_targets(lm, x, target: str):
 
 def _prepare_run(args, files: Sequence[str]):
     """Model, images, output folders (checked before any work) and targets of a run."""
-    import torch
-
     from .extremal import check_areas
-    from .images import prepare_images
-    from .outputs import image_dirs, output_dir
 
     check_areas(args.areas)
     if args.iterations is not None and args.iterations < 1:
         raise ChanattrError("--iterations must be at least 1")
+    return _prepare_images(args, files)
+
+
+def _prepare_images(args, files: Sequence[str]):
+    """Model, images, one output folder per image (checked before any work) and targets."""
+    import torch
+
+    from .images import prepare_images
+    from .outputs import image_dirs, output_dir
+
     lm = model_from_args(args)
     images = prepare_images(args.image, lm.preprocessing)
     dirs = [output_dir(d, files, args.overwrite) for d in image_dirs(args.out, [im.name for im in images])]
@@ -236,36 +256,27 @@ def cmd_channels(args: argparse.Namespace) -> int:
 
 
 def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
-    p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
+    add_images_args(p)
     p.add_argument("--keep", type=float, default=0.15, metavar="F", help="fraction of neurons kept, in (0, 1] (default 0.15)")
     p.add_argument("--granularity", choices=["neuron", "channel"], default="neuron",
                    help="prune single neurons (default) or whole channels")
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="keep the top fraction over all layers at once (default) or in each layer")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="modules to prune (default: every activation module)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a sub-folder per image when several)")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
+    add_output_args(p, per_image=True, seed=False, progress=False)
     add_model_args(p)
 
 
 @command("prunegrad", "PruneGrad: the input gradient through the network pruned to its important neurons",
          _setup_prunegrad)
 def cmd_prunegrad(args: argparse.Namespace) -> int:
-    import torch
-
-    from .images import prepare_images
-    from .outputs import image_dirs, output_dir, write_prunegrad
+    from .outputs import write_prunegrad
     from .prunegrad import prunegrad
 
     if not 0 < args.keep <= 1:
         raise ChanattrError(f"--keep {args.keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")
     files = ("saliency.npz", "summary.json", "prunegrad.png", "channels.npz")
-    lm = model_from_args(args)
-    images = prepare_images(args.image, lm.preprocessing)
-    dirs = [output_dir(d, files, args.overwrite) for d in image_dirs(args.out, [im.name for im in images])]
-    x = torch.stack([im.input for im in images]).to(lm.device)
-    targets = resolve_targets(lm, x, args.target)
+    lm, images, dirs, x, targets = _prepare_images(args, files)
     result = prunegrad(lm.model, x, targets, keep=args.keep, granularity=args.granularity, scope=args.scope,
                        layers=args.layers)
     plain = prunegrad(lm.model, x, targets, keep=1.0, layers=args.layers).saliency
@@ -296,10 +307,7 @@ def _setup_invert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=300, metavar="N", help="inversion steps (default 300)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterisation: Lucent's Fourier image (default) or plain pixels")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_args(p)
     add_model_args(p)
 
 
@@ -332,10 +340,7 @@ def _setup_visualize(p: argparse.ArgumentParser) -> None:
                    help="visualise the top channels of a `chanattr channels` (or prunegrad) output folder")
     p.add_argument("--top", type=int, default=12, metavar="N", help="with --from: how many channels (default 12)")
     p.add_argument("--iterations", type=int, default=256, metavar="N", help="optimisation steps (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_args(p)
     add_model_args(p)
 
 
