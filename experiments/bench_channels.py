@@ -18,8 +18,10 @@ from dataclasses import replace
 
 import torch
 
-from chanattr import SAMPLES, load_model, prepare_images
+from chanattr import SAMPLES
 from chanattr.channel import CHANNEL_SCHEDULE, channel_extremal_perturbation
+
+from _common import add_device_args, model_on_device, photos_with_targets
 
 LAYERS = {"early": "blocks.1", "middle": "blocks.4", "late": "blocks.6"}
 
@@ -28,16 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--layers", nargs="+", default=[f"{k}={v}" for k, v in LAYERS.items()], metavar="ROLE=NAME")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_device_args(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model()
-    model = lm.model.to(args.device)
-    x = torch.stack([im.input for im in prepare_images(list(SAMPLES), lm.preprocessing)]).to(args.device)
-    with torch.no_grad():
-        targets = model(x).argmax(1)
+    lm, model = model_on_device(args)
+    _, x, targets = photos_with_targets(lm, model, SAMPLES, args.device)
     # a fixed number of iterations (no early stop) so both paths do the same work
     schedule = replace(CHANNEL_SCHEDULE, iterations=args.iterations, min_iterations=args.iterations,
                        stall=args.iterations, patience=10**9)

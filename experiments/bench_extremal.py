@@ -28,21 +28,16 @@ from pathlib import Path
 
 import torch
 
-from chanattr import SAMPLES, load_model, prepare_image
+from chanattr import SAMPLES, prepare_image
 from chanattr.coco import default_coco_root
 from chanattr.evaluation import extremal_score
 from chanattr.pixel import extremal_perturbation
 
+from _common import add_device_args, model_on_device, photo_sources
+
 AREAS = (0.05, 0.1, 0.2)
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = default_coco_root()
-
-
-def coco_images(data: Path, count: int) -> list[Path]:
-    files = sorted((data / "images").glob("*.jpg"))
-    if len(files) < count:
-        raise SystemExit(f"bench_extremal: found {len(files)} COCO images under {data}/images, need {count}")
-    return files[:count]
 
 
 def rss_mb() -> float:
@@ -147,16 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder laid out like coco128")
     ap.add_argument("--coco", type=int, default=4, help="how many COCO photos (the first by name)")
     ap.add_argument("--samples", nargs="*", default=list(SAMPLES), help="bundled photos")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_device_args(ap)
     ap.add_argument("--cache", type=Path, default=HERE / "results" / "bench_extremal")
     ap.add_argument("--fresh", action="store_true", help="ignore cached per-image results")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    lm, _ = model_on_device(args)
     device = torch.device(args.device)
-    lm = load_model()
-    sources = list(args.samples) + [str(p) for p in coco_images(args.data, args.coco)]
+    sources = photo_sources(args.data, args.coco, args.samples)
     tag = f"{device.type}-t{torch.get_num_threads()}"
     args.cache.mkdir(parents=True, exist_ok=True)
     rows = []

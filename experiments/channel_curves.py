@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from chanattr import SAMPLES, load_model, prepare_images
 from chanattr.channel import ChannelSpace, channel_extremal_perturbation
 from chanattr.channel_rankings import rank_by_ablation, rank_by_activation, rank_by_taylor, rank_random
 from chanattr.coco import default_coco_root
+
+from _common import add_device_args, model_on_device, photo_sources, photos_with_targets
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = default_coco_root()
@@ -43,18 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--coco", type=int, default=4, help="how many COCO photos (the first by name)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_device_args(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model()
-    model = lm.model.to(args.device)
-    sources = list(SAMPLES) + [str(p) for p in sorted((args.data / "images").glob("*.jpg"))[: args.coco]]
-    images = prepare_images(sources, lm.preprocessing)
-    x = torch.stack([im.input for im in images]).to(args.device)
-    with torch.no_grad():
-        targets = model(x).argmax(1)
+    lm, model = model_on_device(args)
+    images, x, targets = photos_with_targets(lm, model, photo_sources(args.data, args.coco), args.device)
     space = ChannelSpace(model, x, args.layer, baseline=args.baseline)
     c = space.num_channels
     ours = channel_extremal_perturbation(model, x, targets, args.layer, args.fractions, space=space, progress=True)

@@ -18,9 +18,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from chanattr import SAMPLES, channel_extremal_perturbation, load_model, prepare_image
+from chanattr import SAMPLES, channel_extremal_perturbation, prepare_image
 from inversion import InversionSettings, invert, plot_inversion_grid
 from inversion.invert import channel_mask
+
+from _common import add_device_args, model_on_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--out", type=Path, default=Path("docs/inversions.png"))
     ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_device_args(ap)
     args = ap.parse_args(argv)
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"inversion_figures: {args.out} exists; pass --overwrite to replace it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model()
-    model = lm.model.to(args.device)
+    lm, model = model_on_device(args)
     rows, lines = [], ["| image | layer | channels kept | rel. error all / subset / rest | seconds |", "|---|---|---|---|---|"]
     for name in args.images:
         img = prepare_image(name, lm.preprocessing)

@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from chanattr import load_model, prepare_image
+from chanattr import prepare_image
 from chanattr.baselines import METHODS, saliency
-from chanattr.coco import COCO_TO_IMAGENET, box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
+from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import PointingGame, max_point, pointing_hit
 from chanattr.extremal import Schedule
+
+from _common import add_device_args, model_on_device
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = default_coco_root()
@@ -62,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extremal-search-side", type=int, default=0,
                     help="candidates per side of the extremal search grid (0: the default, more for small areas)")
     ap.add_argument("--rise-masks", type=int, default=2000)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_device_args(ap)
     ap.add_argument("--cache", type=Path, default=HERE / "results" / "pointing_game")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
@@ -72,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reverse", action="store_true",
                     help="work through the photos last first (a second process can share the cache)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    lm, model = model_on_device(args)
     device = torch.device(args.device)
-    lm = load_model()
-    model = lm.model.to(device)
     size = lm.preprocessing.input_size
     data = read_coco(args.data)
     pairs = [(im, c) for im, c in data.pairs() if box_mask(im, c, size).any()]
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=len(pairs) * len(args.methods), disable=args.quiet or None, desc="pointing game")
     for name, classes in (reversed(by_image.items()) if args.reverse else by_image.items()):
         im = data[name]
-        x = None
+        x = truth = None
         for method in args.methods:
             paths = [cache / f"{name}-{c.replace(' ', '_')}-{method}.json" for c in classes]
             if args.cached_only or (all(p.exists() for p in paths) and not args.fresh):
@@ -106,16 +104,16 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     logits = model(x)[0].cpu()
                 targets = [imagenet_target(logits, c) for c in classes]
+                truth = [(box_mask(im, c, size), segment_mask(im, c, data.mask_classes, size)) for c in classes]
             start = time.perf_counter()
             maps = saliency(method, model, x.expand(len(classes), -1, -1, -1), targets, **method_kwargs(method, args))
             seconds = (time.perf_counter() - start) / len(classes)
-            for c, t, m, p in zip(classes, targets, maps, paths):
-                seg = segment_mask(im, c, data.mask_classes, size)
+            for c, t, m, p, (box, seg) in zip(classes, targets, maps, paths, truth):
                 rec = {
                     "image": name, "class": c, "target": t, "method": method, "seconds": seconds,
                     "settings": repr(method_kwargs(method, args)),
                     "point": list(max_point(m)),
-                    "hit_box": pointing_hit(m, box_mask(im, c, size), args.tolerance),
+                    "hit_box": pointing_hit(m, box, args.tolerance),
                     "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
                 }
                 p.write_text(json.dumps(rec))

@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from chanattr import SAMPLES, load_model, prepare_images, saliency
+from chanattr import saliency
 from chanattr.coco import default_coco_root
 from chanattr.evaluation import cascading_randomisation, default_stages, insertion_deletion
+
+from _common import add_device_args, model_on_device, photo_sources, photos_with_targets
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = default_coco_root()
@@ -46,18 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coco", type=int, default=4, help="how many COCO photos (the first by name)")
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--steps", type=int, default=32, help="insertion / deletion steps")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None)
+    add_device_args(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm = load_model()
-    model = lm.model.to(args.device)
-    sources = list(SAMPLES) + [str(p) for p in sorted((args.data / "images").glob("*.jpg"))[: args.coco]]
-    images = prepare_images(sources, lm.preprocessing)
-    x = torch.stack([im.input for im in images]).to(args.device)
-    with torch.no_grad():
-        targets = model(x).argmax(1)
+    lm, model = model_on_device(args)
+    images, x, targets = photos_with_targets(lm, model, photo_sources(args.data, args.coco), args.device)
     stages = default_stages(model)
     mid = len(stages) // 2
     marks = {"classifier only": 0, f"down to {stages[mid]}": mid, "all": len(stages) - 1}

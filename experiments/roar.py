@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from chanattr import saliency
-from chanattr.evaluation import remove_top, roar
+from chanattr.evaluation import roar
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
