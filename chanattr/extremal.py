@@ -138,8 +138,9 @@ class Schedule:
     area); ``"input"``: where the model sees the whole input (preserve 1, delete 0, dual 0.5);
     ``"area"``: every entry at the area. ``init_noise`` adds seeded Gaussian noise.
     ``restarts``: with a search (or noise), each mask is optimised from that many starts at
-    once (the best candidates), and the best binary result is kept. ``search_pairs``: the
-    search also tries the unions of pairs of the best this-many candidates at half the area.
+    once (the best candidates), and the best binary result is kept. ``search_pairs`` and
+    ``search_parts``: the search also tries, for every k from 2 to ``search_parts``, the unions
+    of k of the best ``search_pairs`` candidates at 1/k of the area (evidence in k places).
     ``search_side``: candidates per side of the search grid (0: about one blob radius apart,
     at least 7; small areas then mean many candidates -- cap it to trade quality for time).
 
@@ -170,7 +171,8 @@ class Schedule:
     start: str = "search"
     init_noise: float = 0.0
     restarts: int = 1
-    search_pairs: int = 6
+    search_pairs: int = 8
+    search_parts: int = 3
     search_side: int = 0
     jitter: bool = True
     harden: float = 0.0
@@ -266,7 +268,7 @@ def optimise(
     item_areas = area_t.repeat_interleave(r).repeat(n)
     if searching:
         params = _search(space, image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r,
-                         schedule.search_pairs, schedule.search_side)
+                         schedule.search_pairs, schedule.search_side, schedule.search_parts)
     elif schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
         params = space.init_params(n * k * r, {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant])
     else:  # every entry at its area's level
@@ -362,12 +364,13 @@ def optimise(
 
 
 @torch.no_grad()
-def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 6, side: int = 0,
-            batch_size: int = 32) -> torch.Tensor:
+def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 8, side: int = 0,
+            parts: int = 2, batch_size: int = 32) -> torch.Tensor:
     """Each item's ``keep`` best starts among the space's candidate masks, scored as binary
     masks of exactly the item's area (like the extremal score): the candidates at that area,
-    and the unions of pairs of the ``pairs`` best candidates at half the area (for evidence
-    in two places). A coarse global search that puts the gradient descent in good basins.
+    and, for k = 2 .. ``parts``, the unions of k of the ``pairs`` best candidates at 1/k of the
+    area (for evidence in k places). A coarse global search that puts the gradient descent in
+    good basins.
     Returns (items * keep) x params."""
     sign = -1.0 if variant == "delete" else 1.0
 
@@ -399,9 +402,9 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
             out.append(torch.where(off[s : s + batch_size], value - 1e9, value))
         return torch.cat(out)
 
-    memo: dict = {}  # the half-area scores of one image, target and area (shared across items)
+    memo: dict = {}  # the part-area scores of one image, target and area (shared across items)
 
-    def half_scores(item: int, area: float) -> torch.Tensor:
+    def part_scores(item: int, area: float) -> torch.Tensor:
         key = (int(image_index[item]), int(targets[item]), area)
         if key not in memo:
             memo[key] = score(*candidate_masks(area, area), item)
@@ -412,11 +415,13 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
         area = float(areas[item])
         cands = space.candidates(area, variant, side)  # P x params
         hard, off = candidate_masks(area, area)
-        if pairs > 1:
-            half = space.candidates(area / 2, variant, side)
-            top = half[half_scores(item, area / 2).argsort(descending=True)[:pairs]]
-            i, j = torch.triu_indices(top.shape[0], top.shape[0], offset=1)
-            unions = torch.maximum(top[i], top[j])
+        for k in range(2, parts + 1) if pairs >= 2 else ():
+            part = space.candidates(area / k, variant, side)
+            top = part[part_scores(item, area / k).argsort(descending=True)[:pairs]]
+            combos = torch.combinations(torch.arange(top.shape[0], device=top.device), k)
+            if combos.numel() == 0:
+                continue
+            unions = top[combos].amax(1)
             hard_u, off_u = binarise(unions, area)
             cands = torch.cat([cands, unions])
             hard, off = torch.cat([hard, hard_u]), torch.cat([off, off_u])
