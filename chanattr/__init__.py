@@ -22,8 +22,10 @@ from .pixel import PixelResult, extremal_perturbation
 from .channel import ChannelCurve, ChannelResult, ChannelSpace, channel_curve, channel_extremal_perturbation, class_channels
 from .prunegrad import PruneGradResult, prunegrad
 from .baselines import saliency
+from .runtime import retain_freed_memory
 
 __all__ = [
+    "retain_freed_memory",
     "ChannelCurve",
     "ChannelResult",
     "ChannelSpace",

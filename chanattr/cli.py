@@ -9,6 +9,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
+from .runtime import retain_freed_memory
 from .errors import ChanattrError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -415,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    retain_freed_memory()  # our own process: no page faults on every iteration's buffers
     try:
         return int(args.func(args) or 0)
     except ChanattrError as e:

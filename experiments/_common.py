@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from chanattr import SAMPLES, load_model, prepare_images
+from chanattr import SAMPLES, load_model, prepare_images, retain_freed_memory
 
 
 def add_device_args(ap: argparse.ArgumentParser) -> None:
@@ -18,7 +18,9 @@ def add_device_args(ap: argparse.ArgumentParser) -> None:
 
 
 def model_on_device(args: argparse.Namespace):
-    """Set the thread count, load the default model; returns (LoadedModel, model on --device)."""
+    """Set the thread count (and keep freed memory for reuse: ``retain_freed_memory``), load the
+    default model; returns (LoadedModel, model on --device)."""
+    retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from chanattr import prepare_image
 from chanattr.baselines import METHODS, saliency
 from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
-from chanattr.evaluation import PointingGame, max_point, pointing_hit
+from chanattr.evaluation import PointingGame, extremal_score, max_point, pointing_hit
 from chanattr.extremal import Schedule
 
 from _common import add_device_args, model_on_device
@@ -45,13 +45,35 @@ ORDER = ["extremal", "gradcam", "rise", "prunegrad", "integrated_gradients", "gr
 
 def method_kwargs(method: str, args) -> dict:
     if method == "extremal":
-        schedule = Schedule(search_side=args.extremal_search_side)
+        schedule = Schedule(search_side=args.extremal_search_side, search_parts=args.extremal_search_parts)
         if args.extremal_iterations:
             schedule = replace(schedule, iterations=args.extremal_iterations)
         return {"areas": (0.018, 0.025, 0.05, 0.1), "schedule": schedule}
     if method == "rise":
         return {"masks": args.rise_masks}
     return {}
+
+
+def strength_table(results: dict[str, list[dict]], methods: list[str], tolerance: float, size: int,
+                   threshold: float = 0.1) -> str:
+    """Box accuracy split by how strongly the model predicts the target on the whole photo
+    (softmax probability below / at least ``threshold``), and the share of maxima on the border."""
+    lines = ["", f"| method | boxes %, target probability < {threshold:g} | boxes %, >= {threshold:g} | "
+             "maxima within 10 px of the border |", "|---|---|---|---|"]
+    for method in methods:
+        recs = [r for r in results[method] if "target_prob" in r]
+        if not recs:
+            continue
+        cells = []
+        for weak in (True, False):
+            game = PointingGame(tolerance)
+            part = [r for r in recs if (r["target_prob"] < threshold) == weak]
+            for r in part:
+                game.add_result(r["class"], r["hit_box"])
+            cells.append(f"{100 * game.accuracy():.1f} ({len(part)} pairs)" if part else "-")
+        border = np.mean([min(*r["point"], size - 1 - r["point"][0], size - 1 - r["point"][1]) < 10 for r in recs])
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {100 * border:.0f} % |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extremal-iterations", type=int, default=None)
     ap.add_argument("--extremal-search-side", type=int, default=0,
                     help="candidates per side of the extremal search grid (0: the default, more for small areas)")
+    ap.add_argument("--extremal-search-parts", type=int, default=Schedule.search_parts,
+                    help="the search also tries unions of up to this many blobs (fewer: faster)")
     ap.add_argument("--rise-masks", type=int, default=2000)
+    ap.add_argument("--score-area", type=float, default=0.05,
+                    help="also record each map's extremal score at this area (the target logit with only "
+                         "the map's top pixels kept): does the map find what the model uses?")
     add_device_args(ap)
     ap.add_argument("--cache", type=Path, default=HERE / "results" / "pointing_game")
     ap.add_argument("--fresh", action="store_true")
@@ -104,17 +131,22 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     logits = model(x)[0].cpu()
                 targets = [imagenet_target(logits, c) for c in classes]
+                probs = logits.softmax(0)
                 truth = [(box_mask(im, c, size), segment_mask(im, c, data.mask_classes, size)) for c in classes]
             start = time.perf_counter()
             maps = saliency(method, model, x.expand(len(classes), -1, -1, -1), targets, **method_kwargs(method, args))
             seconds = (time.perf_counter() - start) / len(classes)
-            for c, t, m, p, (box, seg) in zip(classes, targets, maps, paths, truth):
+            kept = extremal_score(model, x.expand(len(classes), -1, -1, -1), maps[:, None].to(device), targets,
+                                  args.score_area)[:, 0]
+            for c, t, m, p, (box, seg), score in zip(classes, targets, maps, paths, truth, kept):
                 rec = {
                     "image": name, "class": c, "target": t, "method": method, "seconds": seconds,
                     "settings": repr(method_kwargs(method, args)),
                     "point": list(max_point(m)),
                     "hit_box": pointing_hit(m, box, args.tolerance),
                     "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
+                    "target_prob": float(probs[t]), "target_rank": int((logits > logits[t]).sum()),
+                    "full_logit": float(logits[t]), "score_area": args.score_area, "score": float(score),
                 }
                 p.write_text(json.dumps(rec))
                 np.savez_compressed(p.with_suffix(".npz"), saliency=m.numpy().astype(np.float16))  # for other metrics
@@ -128,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [p for p, ok in zip(pairs, complete) if ok]
 
     lines = ["| method | boxes: accuracy % (95 % CI) | masks: accuracy % (95 % CI) | pairs (boxes / masks) | "
-             "classes | s / pair |", "|---|---|---|---|---|---|"]
+             f"classes | s / pair | target logit, top {100 * args.score_area:g} % kept |", "|---|---|---|---|---|---|---|"]
     for method in args.methods:
         recs = results[method]
         if not recs:
@@ -143,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = game.interval()
             cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
         secs = sum(r["seconds"] for r in recs) / len(recs)
+        scores = [r["score"] for r in recs if "score" in r]
+        kept = f"{np.mean(scores):.2f}" if scores else "-"
         lines.append(f"| {method} | {cells[0]} | {cells[1]} | {len(box)} / {len(mask)} | {len(box.per_class())} | "
-                     f"{secs:.2f} |")
+                     f"{secs:.2f} | {kept} |")
     print("\n".join(lines))
+    print(strength_table(results, args.methods, args.tolerance, size))
     print(f"\n{args.data.name}: {len(pairs)} (image, class) pairs scored, {len({im.name for im, _ in pairs})} photos, "
           f"{len({c for _, c in pairs})} classes; {skipped} mapped pairs left out because the object lies outside "
           f"the centre crop; tolerance {args.tolerance:g} px at {size} px; device {device}, "
