@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ChanattrError
+from .images import crop_geometry
 
 # COCO class name -> ImageNet-1k indices of the classes that depict it. Classes without a
 # clear ImageNet counterpart (person, giraffe, fire hydrant, kite, skateboard, ...) are absent:
@@ -175,24 +176,16 @@ def read_coco(root: str | Path) -> CocoDataset:
     return CocoDataset(root, images, box_classes, mask_classes)
 
 
-def crop_transform(size: tuple[int, int], input_size: int) -> tuple[float, float, float]:
-    """(scale, left, top) of the model's preprocessing (shorter side to ``input_size``, centre
-    crop): a photo pixel (u, v) lands at (u * scale - left, v * scale - top)."""
-    w, h = size
-    scale = input_size / min(w, h)
-    return scale, (w * scale - input_size) / 2, (h * scale - input_size) / 2
-
-
 def box_mask(image: CocoImage, name: str, input_size: int) -> torch.Tensor:
     """H x W bool: the union of ``name``'s boxes in the model's input frame (after crop)."""
-    scale, left, top = crop_transform(image.size, input_size)
+    nw, nh, left, top = crop_geometry(image.size, input_size)
+    sx, sy = nw / image.size[0], nh / image.size[1]
     out = torch.zeros(input_size, input_size, dtype=torch.bool)
     ys = torch.arange(input_size).float() + 0.5
     for o in image.objects:
         if o.name != name:
             continue
-        x0, y0, x1, y1 = (o.box[0] * scale - left, o.box[1] * scale - top, o.box[2] * scale - left,
-                          o.box[3] * scale - top)
+        x0, y0, x1, y1 = o.box[0] * sx - left, o.box[1] * sy - top, o.box[2] * sx - left, o.box[3] * sy - top
         rows = (ys >= y0) & (ys <= y1)
         cols = (ys >= x0) & (ys <= x1)
         out |= rows[:, None] & cols[None, :]
@@ -210,10 +203,8 @@ def segment_mask(image: CocoImage, name: str, mask_classes: dict[int, str], inpu
     with Image.open(image.mask_path) as im:
         m = np.asarray(im)
     hit = np.isin(m, ids).astype(np.uint8) * 255
-    w, h = image.size
-    scale, left, top = crop_transform(image.size, input_size)
-    big = Image.fromarray(hit).resize((round(w * scale), round(h * scale)), Image.NEAREST)
-    left, top = round(left), round(top)
+    nw, nh, left, top = crop_geometry(image.size, input_size)
+    big = Image.fromarray(hit).resize((nw, nh), Image.NEAREST)
     crop = np.asarray(big)[top:top + input_size, left:left + input_size]
     return torch.from_numpy(crop > 127)
 

@@ -70,13 +70,20 @@ def load_image(source: str | os.PathLike) -> Image.Image:
         raise ChanattrError(f"cannot read image {path}: {e}") from None
 
 
+def crop_geometry(size: tuple[int, int], input_size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of the model's preprocessing for a W x H
+    photo: the shorter side resized to ``input_size``, then the centre square from (left, top).
+    A photo pixel (u, v) lands at (u * width / W - left, v * height / H - top)."""
+    w, h = size
+    scale = input_size / min(w, h)
+    nw, nh = max(input_size, round(w * scale)), max(input_size, round(h * scale))
+    return nw, nh, (nw - input_size) // 2, (nh - input_size) // 2
+
+
 def crop_to_square(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` pixels (bicubic), then take the centre square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = crop_geometry(img.size, size)
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from chanattr import ChanattrError
-from chanattr.coco import COCO_TO_IMAGENET, default_coco_root, box_mask, crop_transform, imagenet_target, read_coco, segment_mask
+from chanattr.coco import COCO_TO_IMAGENET, default_coco_root, box_mask, imagenet_target, read_coco, segment_mask
+from chanattr.images import crop_geometry
 from chanattr.evaluation import (
     PointingGame,
     cascading_randomisation,
@@ -175,8 +176,8 @@ def test_coco_reader_known_image(coco):
 
 def test_coco_masks_in_the_model_frame(coco):
     im = coco["000000000009"]
-    scale, left, top = crop_transform(im.size, 224)
-    assert (scale, left, top) == pytest.approx((224 / 480, (640 * 224 / 480 - 224) / 2, 0.0))
+    # 640 x 480 -> 299 x 224 (shorter side to 224), then the centre square from x = 37
+    assert crop_geometry(im.size, 224) == (299, 224, 37, 0)
     boxes = box_mask(im, "orange", 224)
     seg = segment_mask(im, "orange", coco.mask_classes, 224)
     assert boxes.shape == seg.shape == (224, 224)
