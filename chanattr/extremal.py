@@ -14,13 +14,11 @@ area ``a`` is the fraction of mask entries (pixels or channels) in the region.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

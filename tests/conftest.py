@@ -9,6 +9,19 @@ from torch import nn
 from chanattr import load_model
 
 
+@pytest.fixture
+def run_cli(capsys):
+    """Run the command line in this process: ``run_cli(*argv) -> (exit status, stdout, stderr)``."""
+    from chanattr.cli import main
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The bundled EfficientNet-Lite0 with real ImageNet weights (offline)."""

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from chanattr import ChanattrError, LayerNotFoundError, model_state
 from chanattr.channel import ChannelSpace, channel_curve, channel_extremal_perturbation, class_channels

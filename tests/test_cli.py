@@ -7,27 +7,21 @@ import pytest
 from chanattr.cli import main
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_predict_json(capsys):
-    code, out, _ = run(capsys, "predict", "coffee", "--json", "--top", "3")
+def test_predict_json(run_cli):
+    code, out, _ = run_cli("predict", "coffee", "--json", "--top", "3")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 3
     assert rows[0]["index"] == 967 and rows[0]["name"] == "espresso"
     assert rows[0]["probability"] >= rows[1]["probability"] >= rows[2]["probability"]
 
 
-def test_predict_text(capsys):
-    code, out, _ = run(capsys, "predict", "chelsea", "--top", "2")
+def test_predict_text(run_cli):
+    code, out, _ = run_cli("predict", "chelsea", "--top", "2")
     assert code == 0 and "cat" in out and len(out.strip().splitlines()) == 3
 
 
-def test_layers_lists_shapes(capsys):
-    code, out, _ = run(capsys, "layers", "--json")
+def test_layers_lists_shapes(run_cli):
+    code, out, _ = run_cli("layers", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert code == 0 and rows["conv_head"]["shape"] == [1, 1280, 7, 7] and rows["conv_head"]["channels"] == 1280
 
@@ -39,8 +33,8 @@ def test_layers_lists_shapes(capsys):
     (["predict", "chelsea", "--device", "cuda:7"], "device"),
     (["layers", "--std", "0", "1", "1"], "must be positive"),
 ])
-def test_bad_input_one_line_exit_2(capsys, argv, match):
-    code, _, err = run(capsys, *argv)
+def test_bad_input_one_line_exit_2(run_cli, argv, match):
+    code, _, err = run_cli(*argv)
     assert code == 2
     assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -52,10 +46,10 @@ def test_usage_error_is_one_line(capsys):
     assert info.value.code == 2 and "invalid int value" in err and len(err.strip().splitlines()) == 1
 
 
-def test_not_an_image_file(capsys, tmp_path):
+def test_not_an_image_file(run_cli, tmp_path):
     bad = tmp_path / "fake.png"
     bad.write_bytes(b"\x00\x01 not a png")
-    code, _, err = run(capsys, "predict", str(bad))
+    code, _, err = run_cli("predict", str(bad))
     assert code == 2 and "not an image file" in err
 
 

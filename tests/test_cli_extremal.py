@@ -13,14 +13,8 @@ REGION = ["--model", f"{HERE / 'models_gt.py'}:region_net", "--input-size", "48"
 PLANTED = ["--model", f"{HERE / 'models_gt.py'}:PlantedConvNet", "--input-size", "16", "--no-progress"]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_explain_writes_masks_summary_and_figure(capsys, tmp_path):
-    code, out, err = run(capsys, "explain", "chelsea", "coffee", *REGION, "--areas", "0.1", "0.2", "0.3",
+def test_explain_writes_masks_summary_and_figure(run_cli, tmp_path):
+    code, out, err = run_cli("explain", "chelsea", "coffee", *REGION, "--areas", "0.1", "0.2", "0.3",
                          "--iterations", "12", "--target", "0", "--out", tmp_path)
     assert code == 0, err
     for name in ("chelsea", "coffee"):
@@ -40,22 +34,22 @@ def test_explain_writes_masks_summary_and_figure(capsys, tmp_path):
         assert (folder / "explain.png").stat().st_size > 10_000
 
 
-def test_explain_input_is_exactly_what_the_model_saw(capsys, tmp_path):
+def test_explain_input_is_exactly_what_the_model_saw(run_cli, tmp_path):
     from chanattr import load_model, prepare_image
 
-    code, _, _ = run(capsys, "explain", "astronaut", *REGION, "--areas", "0.2", "--iterations", "3", "--out", tmp_path)
+    code, _, _ = run_cli("explain", "astronaut", *REGION, "--areas", "0.2", "--iterations", "3", "--out", tmp_path)
     assert code == 0
     lm = load_model(f"{HERE / 'models_gt.py'}:region_net", input_size=48)
     expected = prepare_image("astronaut", lm.preprocessing).input.numpy()
     assert np.array_equal(np.load(tmp_path / "masks.npz")["input"], expected)
 
 
-def test_explain_refuses_to_overwrite(capsys, tmp_path):
+def test_explain_refuses_to_overwrite(run_cli, tmp_path):
     args = ["explain", "chelsea", *REGION, "--areas", "0.2", "--iterations", "2", "--out", tmp_path]
-    assert run(capsys, *args)[0] == 0
-    code, _, err = run(capsys, *args)
+    assert run_cli(*args)[0] == 0
+    code, _, err = run_cli(*args)
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert run(capsys, *args, "--overwrite")[0] == 0
+    assert run_cli(*args, "--overwrite")[0] == 0
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -65,8 +59,8 @@ def test_explain_refuses_to_overwrite(capsys, tmp_path):
     (["--target", "cat"], "class index or auto"),
     (["--iterations", "0"], "at least 1"),
 ])
-def test_explain_bad_input(capsys, tmp_path, extra, match):
-    code, _, err = run(capsys, "explain", "chelsea", *REGION, *extra, "--out", tmp_path)
+def test_explain_bad_input(run_cli, tmp_path, extra, match):
+    code, _, err = run_cli("explain", "chelsea", *REGION, *extra, "--out", tmp_path)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -77,8 +71,8 @@ def test_explain_unknown_variant_is_a_usage_error(capsys, tmp_path):
     assert info.value.code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
 
 
-def test_channels_writes_outputs(capsys, tmp_path):
-    code, out, err = run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
+def test_channels_writes_outputs(run_cli, tmp_path):
+    code, out, err = run_cli("channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
                          "--iterations", "150", "--target", "0", "--out", tmp_path)
     assert code == 0, err
     data = np.load(tmp_path / "channels.npz")
@@ -95,6 +89,6 @@ def test_channels_writes_outputs(capsys, tmp_path):
     assert "split path" in out
 
 
-def test_channels_bad_layer(capsys, tmp_path):
-    code, _, err = run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.20", "--out", tmp_path)
+def test_channels_bad_layer(run_cli, tmp_path):
+    code, _, err = run_cli("channels", "chelsea", *PLANTED, "--layer", "features.20", "--out", tmp_path)
     assert code == 2 and "close names: features.2" in err and len(err.strip().splitlines()) == 1

@@ -8,24 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chanattr.cli import main
 
 HERE = Path(__file__).parent
 PLANTED = ["--model", f"{HERE / 'models_gt.py'}:PlantedConvNet", "--input-size", "16", "--no-progress"]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_invert_from_a_channels_folder(capsys, tmp_path):
+def test_invert_from_a_channels_folder(run_cli, tmp_path):
     ch = tmp_path / "ch"
-    assert run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
+    assert run_cli("channels", "chelsea", *PLANTED, "--layer", "features.2", "--areas", "0.1875",
                "--iterations", "150", "--target", "0", "--out", ch)[0] == 0
     out = tmp_path / "inv"
-    code, stdout, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.2", "--from", ch,
+    code, stdout, err = run_cli("invert", "chelsea", *PLANTED, "--layer", "features.2", "--from", ch,
                             "--iterations", "5", "--param", "pixel", "--out", out)
     assert code == 0, err
     data = np.load(out / "inversions.npz")
@@ -38,12 +31,12 @@ def test_invert_from_a_channels_folder(capsys, tmp_path):
     assert (out / "inversion.png").stat().st_size > 5_000
 
 
-def test_invert_all_and_explicit_channels(capsys, tmp_path):
-    code, _, err = run(capsys, "invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "all",
+def test_invert_all_and_explicit_channels(run_cli, tmp_path):
+    code, _, err = run_cli("invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "all",
                        "--iterations", "3", "--out", tmp_path / "a")
     assert code == 0, err
     assert set(np.load(tmp_path / "a" / "inversions.npz").files) == {"original", "all", "channels"}
-    code, _, err = run(capsys, "invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "1,2",
+    code, _, err = run_cli("invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "1,2",
                        "--iterations", "3", "--out", tmp_path / "b")
     assert code == 0, err
     assert np.load(tmp_path / "b" / "inversions.npz")["channels"].tolist() == [1, 2]
@@ -55,28 +48,28 @@ def test_invert_all_and_explicit_channels(capsys, tmp_path):
     (["--from", "/nonexistent"], "channels.npz not found"),
     (["--area", "2"], "outside (0, 1)"),
 ])
-def test_invert_bad_input(capsys, tmp_path, extra, match):
-    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.0", *extra, "--iterations", "2",
+def test_invert_bad_input(run_cli, tmp_path, extra, match):
+    code, _, err = run_cli("invert", "chelsea", *PLANTED, "--layer", "features.0", *extra, "--iterations", "2",
                        "--out", tmp_path)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
 
 
-def test_invert_from_another_layer_is_refused(capsys, tmp_path):
+def test_invert_from_another_layer_is_refused(run_cli, tmp_path):
     ch = tmp_path / "ch"
-    run(capsys, "channels", "chelsea", *PLANTED, "--layer", "features.2", "--iterations", "5", "--out", ch)
-    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", "features.0", "--from", ch,
+    run_cli("channels", "chelsea", *PLANTED, "--layer", "features.2", "--iterations", "5", "--out", ch)
+    code, _, err = run_cli("invert", "chelsea", *PLANTED, "--layer", "features.0", "--from", ch,
                        "--out", tmp_path / "inv")
     assert code == 2 and "pass --layer features.2" in err
 
 
-def test_visualize_grid(capsys, tmp_path):
-    code, out, err = run(capsys, "visualize", *PLANTED, "--layer", "features.2", "--channels", "3,7",
+def test_visualize_grid(run_cli, tmp_path):
+    code, out, err = run_cli("visualize", *PLANTED, "--layer", "features.2", "--channels", "3,7",
                          "--iterations", "4", "--out", tmp_path)
     assert code == 0, err
     data = np.load(tmp_path / "visualizations.npz")
     assert data["images"].shape == (2, 3, 16, 16) and data["channels"].tolist() == [3, 7]
     assert (tmp_path / "channels.png").stat().st_size > 5_000
-    code, _, err = run(capsys, "visualize", *PLANTED, "--layer", "features.2", "--out", tmp_path / "x")
+    code, _, err = run_cli("visualize", *PLANTED, "--layer", "features.2", "--out", tmp_path / "x")
     assert code == 2 and "--channels" in err
 
 
@@ -124,9 +117,9 @@ def test_demo_report_renders_in_chromium(demo_report, tmp_path):
     assert busy_rows > 800
 
 
-def test_prunegrad_command_and_invert_from_its_channels(capsys, tmp_path):
+def test_prunegrad_command_and_invert_from_its_channels(run_cli, tmp_path):
     pg = tmp_path / "pg"
-    code, stdout, err = run(capsys, "prunegrad", "chelsea", "coffee", *PLANTED[:-1], "--target", "0",
+    code, stdout, err = run_cli("prunegrad", "chelsea", "coffee", *PLANTED[:-1], "--target", "0",
                             "--keep", "0.2", "--granularity", "channel", "--out", pg)
     assert code == 0, err
     for name in ("chelsea", "coffee"):
@@ -144,7 +137,7 @@ def test_prunegrad_command_and_invert_from_its_channels(capsys, tmp_path):
     kept = json.loads((pg / "chelsea" / "summary.json").read_text())["channel_attribution"]["channels"]
     assert {3, 7, 11} <= set(kept)  # the planted channels carry class 0
     out = tmp_path / "inv"
-    code, _, err = run(capsys, "invert", "chelsea", *PLANTED, "--layer", layer, "--from", pg / "chelsea",
+    code, _, err = run_cli("invert", "chelsea", *PLANTED, "--layer", layer, "--from", pg / "chelsea",
                        "--iterations", "3", "--param", "pixel", "--out", out)
     assert code == 0, err
     assert sorted(np.load(out / "inversions.npz")["channels"].tolist()) == sorted(kept)
@@ -152,6 +145,6 @@ def test_prunegrad_command_and_invert_from_its_channels(capsys, tmp_path):
 
 @pytest.mark.parametrize("extra, match", [(["--keep", "0"], "outside (0, 1]"), (["--keep", "1.5"], "outside (0, 1]"),
                                           (["--layers", "nope"], "nope")])
-def test_prunegrad_command_bad_input(capsys, tmp_path, extra, match):
-    code, _, err = run(capsys, "prunegrad", "chelsea", *PLANTED[:-1], *extra, "--out", tmp_path / "x")
+def test_prunegrad_command_bad_input(run_cli, tmp_path, extra, match):
+    code, _, err = run_cli("prunegrad", "chelsea", *PLANTED[:-1], *extra, "--out", tmp_path / "x")
     assert code == 2 and match in err and err.count("\n") == 1
