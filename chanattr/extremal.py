@@ -221,8 +221,16 @@ class ExtremalResult:
         return self.masks.shape[0]
 
     def mask_area(self) -> torch.Tensor:
-        """N x K: the fraction of each mask's entries above 0.5."""
+        """N x K: the fraction of each mask's entries above 0.5 (the soft masks' area; it can
+        fall short of the asked area where the optimiser kept a mask's order but not its level)."""
         return (self.masks > 0.5).flatten(2).float().mean(2)
+
+    def binary_masks(self) -> torch.Tensor:
+        """The masks as the optimiser scored them: 1 on the top round(a M) entries of each mask
+        at area a, 0 elsewhere (same shape as ``masks``)."""
+        n, k = self.masks.shape[:2]
+        fractions = self.areas.to(torch.float64).repeat(n)
+        return top_fraction(self.masks.reshape(n * k, -1), fractions).view_as(self.masks)
 
 
 # --- the loop -------------------------------------------------------------------------------

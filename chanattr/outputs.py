@@ -96,9 +96,7 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
         curve = (grid, area_curve(lm.model, x1, masks[None], target, grid, variant=score_variant)[0].tolist())
     # what the optimiser scored: the binary top-a of each mask (its soft values need only the
     # right order, so they can sit below 0.5); the figure shows these binary masks
-    from .extremal import top_fraction
-
-    binary = top_fraction(masks.reshape(len(areas), -1), torch.tensor(areas, dtype=torch.float64)).view_as(masks)
+    binary = result.binary_masks()[index]
     keep = (1 - binary if result.variant == "delete" else binary).to(x.device)
     perturbation = make_perturbation(result.info["perturbation"], x1, max_sigma=result.info["max_blur"])
     with torch.no_grad():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
-from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, top_fraction
+from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise
 from .hooks import frozen
 from .perturbations import gaussian_blur, make_perturbation
 from .smooth_mask import SmoothMask
@@ -148,10 +148,7 @@ class PixelResult(ExtremalResult):
         at area a: what the model was shown), smoothed by a Gaussian of ``sigma`` px (default
         20 px at 224 px, zero outside the image) -- the map for pointing-style evaluation. Its
         maximum lies where the masks of all areas overlap."""
-        n, k = self.masks.shape[:2]
-        fractions = self.areas.to(torch.float64).repeat(n)
-        hard = top_fraction(self.masks.reshape(n * k, -1), fractions).view_as(self.masks)
-        s = hard.sum(1, keepdim=True)
+        s = self.binary_masks().sum(1, keepdim=True)
         sigma = 20.0 * min(self.masks.shape[-2:]) / 224.0 if sigma is None else sigma
         return gaussian_blur(s, sigma, border="zero")[:, 0] if sigma > 0 else s[:, 0]
 

@@ -166,3 +166,7 @@ def test_saliency_peaks_inside_a_blob_at_the_border():
                     area_history=None, final_reward=None, binary_reward=None, iterations=1, seconds=0.0, info={})
     row, col = divmod(int(r.saliency(sigma=3)[0].argmax()), 40)
     assert 2 <= row <= 9 and 2 <= col <= 9
+    # the binary masks: exactly round(a * H * W) ones per area, on the highest soft values
+    hard = r.binary_masks()
+    assert hard.shape == m.shape and hard.flatten(2).sum(2).tolist() == [[100.0, 256.0]]
+    assert bool((hard[0, 0, :10, :10] == 1).all()) and bool((hard[0, 1, :16, :16] == 1).all())
