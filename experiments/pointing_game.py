@@ -34,6 +34,7 @@ from chanattr.baselines import METHODS, saliency
 from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import PointingGame, extremal_score, max_point, pointing_hit
 from chanattr.extremal import Schedule
+from chanattr.pixel import extremal_perturbation
 
 from _common import add_device_args, model_on_device
 
@@ -134,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
                 probs = logits.softmax(0)
                 truth = [(box_mask(im, c, size), segment_mask(im, c, data.mask_classes, size)) for c in classes]
             start = time.perf_counter()
-            maps = saliency(method, model, x.expand(len(classes), -1, -1, -1), targets, **method_kwargs(method, args))
+            xs = x.expand(len(classes), -1, -1, -1)
+            extra = [{} for _ in classes]
+            if method == "extremal":  # keep the masks too: which area (and which sum of them) points best?
+                result = extremal_perturbation(model, xs, targets, progress=False, **method_kwargs(method, args))
+                maps = result.saliency().cpu()
+                for e, m, rw in zip(extra, result.masks.cpu(), result.binary_reward):
+                    e["masks"] = m.numpy().astype(np.float16)
+                    e["binary_reward"] = rw.numpy()
+            else:
+                maps = saliency(method, model, xs, targets, **method_kwargs(method, args))
             seconds = (time.perf_counter() - start) / len(classes)
-            kept = extremal_score(model, x.expand(len(classes), -1, -1, -1), maps[:, None].to(device), targets,
-                                  args.score_area)[:, 0]
-            for c, t, m, p, (box, seg), score in zip(classes, targets, maps, paths, truth, kept):
+            kept = extremal_score(model, xs, maps[:, None].to(device), targets, args.score_area)[:, 0]
+            for c, t, m, p, (box, seg), score, e in zip(classes, targets, maps, paths, truth, kept, extra):
                 rec = {
                     "image": name, "class": c, "target": t, "method": method, "seconds": seconds,
                     "settings": repr(method_kwargs(method, args)),
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     "full_logit": float(logits[t]), "score_area": args.score_area, "score": float(score),
                 }
                 p.write_text(json.dumps(rec))
-                np.savez_compressed(p.with_suffix(".npz"), saliency=m.numpy().astype(np.float16))  # for other metrics
+                np.savez_compressed(p.with_suffix(".npz"), saliency=m.numpy().astype(np.float16), **e)  # for other metrics
                 results[method].append(rec)
             bar.update(len(classes))
     bar.close()
