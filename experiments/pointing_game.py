@@ -77,6 +77,45 @@ def strength_table(results: dict[str, list[dict]], methods: list[str], tolerance
     return "\n".join(lines)
 
 
+def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple) -> str:
+    """Box accuracy of other maps made from the same cached extremal masks: each area's binary
+    mask alone (smoothed like the saliency), and TorchRay's benchmark map (the plain sum of the
+    soft masks), next to the toolkit's saliency (the smoothed sum of the binary masks)."""
+    from chanattr.extremal import top_fraction
+    from chanattr.perturbations import gaussian_blur
+
+    names = ["saliency (smoothed sum of binary masks)", "sum of soft masks (TorchRay's map)"] + [
+        f"area {a:g} alone (binary, smoothed)" for a in areas]
+    games = {n: PointingGame(tolerance) for n in names}
+    rewards = []
+    for im, c in pairs:
+        f = cache / f"{im.name}-{c.replace(' ', '_')}-extremal.npz"
+        if not f.exists():
+            continue
+        d = np.load(f)
+        if "masks" not in d:
+            continue
+        masks = torch.from_numpy(d["masks"].astype(np.float32))  # K x H x W
+        hard = top_fraction(masks.flatten(1), torch.tensor(areas, dtype=torch.float64)).view_as(masks)
+        smooth = gaussian_blur(hard[:, None], 20.0 * size / 224, border="zero")[:, 0]
+        box = box_mask(im, c, size)
+        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + list(smooth)
+        for n, m in zip(names, maps):
+            games[n].add_result(c, pointing_hit(m, box, tolerance))
+        rewards.append(d["binary_reward"])
+    if not rewards:
+        return ""
+    lines = ["", f"| extremal perturbation: map from its masks ({len(rewards)} pairs) | boxes: accuracy % (95 % CI) |",
+             "|---|---|"]
+    for n, game in games.items():
+        lo, hi = game.interval()
+        lines.append(f"| {n} | {100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f}) |")
+    lines.append("")
+    lines.append("Mean binary reward (target logit, the mask's top area kept) per area: " + ", ".join(
+        f"{a:g}: {v:.2f}" for a, v in zip(areas, np.mean(rewards, 0))))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder laid out like coco128")
@@ -190,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{secs:.2f} | {kept} |")
     print("\n".join(lines))
     print(strength_table(results, args.methods, args.tolerance, size))
+    if "extremal" in args.methods:
+        print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"]))
     print(f"\n{args.data.name}: {len(pairs)} (image, class) pairs scored, {len({im.name for im, _ in pairs})} photos, "
           f"{len({c for _, c in pairs})} classes; {skipped} mapped pairs left out because the object lies outside "
           f"the centre crop; tolerance {args.tolerance:g} px at {size} px; device {device}, "
