@@ -7,20 +7,21 @@ from torch import nn
 
 
 class RegionNet(nn.Module):
-    """Class 0 responds to fine detail (squared Laplacian) inside one rectangle only.
+    """Class 0 responds to fine detail (squared Laplacian) inside one rectangle only (or
+    inside each of several).
 
     Blurring the rectangle lowers the logit; blurring elsewhere hardly changes it. Class 1
-    is a constant. ``box`` = (top, left, height, width) in pixels.
+    is a constant. ``box`` = (top, left, height, width) in pixels, or a list of them.
     """
 
-    def __init__(self, size: int, box: tuple[int, int, int, int], outside: float = 0.02) -> None:
+    def __init__(self, size: int, box, outside: float = 0.02) -> None:
         super().__init__()
-        top, left, h, w = box
         lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
         self.detail = nn.Conv2d(3, 1, 3, padding=1, bias=False)
         self.detail.weight.data = lap.expand(1, 3, 3, 3).clone() / 3
         weight = torch.full((1, 1, size, size), outside)
-        weight[..., top : top + h, left : left + w] = 1.0
+        for top, left, h, w in [box] if isinstance(box[0], int) else box:
+            weight[..., top : top + h, left : left + w] = 1.0
         self.register_buffer("where", weight / weight.sum())
         self.head = nn.Linear(1, 2)
         self.head.weight.data = torch.tensor([[1.5], [0.0]])  # logit about 10 on unit noise

@@ -85,6 +85,19 @@ def test_preserve_finds_the_region(region):
     assert r.reward_history.shape == (r.iterations, 1, 1) and r.area_history.shape == (r.iterations, 1, 1)
 
 
+def test_preserve_finds_three_separate_regions():
+    """Evidence in three places: the search's unions of three blobs (search_parts=3) start the
+    mask on all three, and the kept pixels cover most of each box."""
+    boxes = [(3, 3, 10, 10), (3, 35, 10, 10), (35, 19, 10, 10)]
+    model = RegionNet(SIZE, boxes).eval()
+    area = 3 * 100 / SIZE**2
+    r = extremal_perturbation(model, textured(SIZE), 0, [area], iterations=60, progress=False)
+    top = top_pixels(r.masks[0, 0], area)
+    for b in boxes:
+        inside = box_mask(SIZE, b)
+        assert float((top & inside).sum() / inside.sum()) >= 0.5, b
+
+
 def test_delete_finds_the_region(region):
     x = textured(SIZE)
     r = extremal_perturbation(region, x, 0, [AREA], variant="delete", iterations=150, progress=False)
