@@ -34,6 +34,7 @@ from chanattr.baselines import METHODS, saliency
 from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import PointingGame, extremal_score, max_point, pointing_hit
 from chanattr.extremal import Schedule
+from chanattr.perturbations import gaussian_blur
 from chanattr.pixel import extremal_perturbation
 
 from _common import add_device_args, model_on_device
@@ -77,17 +78,19 @@ def strength_table(results: dict[str, list[dict]], methods: list[str], tolerance
     return "\n".join(lines)
 
 
-def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple) -> str:
+def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple,
+                       blurred_logit=None) -> str:
     """Box accuracy of other maps made from the same cached extremal masks: each area's binary
     mask alone (smoothed like the saliency), and TorchRay's benchmark map (the plain sum of the
     soft masks), next to the toolkit's saliency (the smoothed sum of the binary masks)."""
     from chanattr.extremal import top_fraction
-    from chanattr.perturbations import gaussian_blur
 
+    large = [k for k, a in enumerate(areas) if a >= 0.05]
     names = ["saliency (smoothed sum of binary masks)", "sum of soft masks (TorchRay's map)"] + [
-        f"area {a:g} alone (binary, smoothed)" for a in areas]
+        f"area {a:g} alone (binary, smoothed)" for a in areas] + [
+        "areas " + " + ".join(f"{areas[k]:g}" for k in large) + " only (smoothed sum of binary masks)"]
     games = {n: PointingGame(tolerance) for n in names}
-    rewards = []
+    rewards, blurred = [], []
     for im, c in pairs:
         f = cache / f"{im.name}-{c.replace(' ', '_')}-extremal.npz"
         if not f.exists():
@@ -99,10 +102,13 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
         hard = top_fraction(masks.flatten(1), torch.tensor(areas, dtype=torch.float64)).view_as(masks)
         smooth = gaussian_blur(hard[:, None], 20.0 * size / 224, border="zero")[:, 0]
         box = box_mask(im, c, size)
-        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + list(smooth)
+        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + list(smooth) + [
+            smooth[large].sum(0)]
         for n, m in zip(names, maps):
             games[n].add_result(c, pointing_hit(m, box, tolerance))
         rewards.append(d["binary_reward"])
+        if blurred_logit is not None:
+            blurred.append(blurred_logit(im, json.loads(f.with_suffix(".json").read_text())["target"]))
     if not rewards:
         return ""
     lines = ["", f"| extremal perturbation: map from its masks ({len(rewards)} pairs) | boxes: accuracy % (95 % CI) |",
@@ -112,7 +118,8 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
         lines.append(f"| {n} | {100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f}) |")
     lines.append("")
     lines.append("Mean binary reward (target logit, the mask's top area kept) per area: " + ", ".join(
-        f"{a:g}: {v:.2f}" for a, v in zip(areas, np.mean(rewards, 0))))
+        f"{a:g}: {v:.2f}" for a, v in zip(areas, np.mean(rewards, 0))) + (
+        f"; with the whole photo blurred: {np.mean(blurred):.2f}" if blurred else ""))
     return "\n".join(lines)
 
 
@@ -230,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(strength_table(results, args.methods, args.tolerance, size))
     if "extremal" in args.methods:
-        print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"]))
+        @torch.no_grad()
+        def blurred_logit(im, target: int) -> float:  # the target logit with nothing kept (sigma 20 px)
+            xb = gaussian_blur(prepare_image(im.path, lm.preprocessing).input[None].to(device), 20.0 * size / 224)
+            return float(model(xb)[0, target])
+
+        print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"],
+                                 blurred_logit))
     print(f"\n{args.data.name}: {len(pairs)} (image, class) pairs scored, {len({im.name for im, _ in pairs})} photos, "
           f"{len({c for _, c in pairs})} classes; {skipped} mapped pairs left out because the object lies outside "
           f"the centre crop; tolerance {args.tolerance:g} px at {size} px; device {device}, "
