@@ -78,6 +78,26 @@ def strength_table(results: dict[str, list[dict]], methods: list[str], tolerance
     return "\n".join(lines)
 
 
+def disagreement(results: dict[str, list[dict]], a: str = "extremal", b: str = "gradcam") -> str:
+    """Where ``b`` points at the object and ``a`` does not: which map's top pixels keep more of
+    the target logit (the recorded extremal score)? If ``a``'s off-object region keeps more, the
+    model's evidence for the target lies (also) off the object."""
+    if not results.get(a) or not results.get(b):
+        return ""
+    rb = {(r["image"], r["class"]): r for r in results[b] if r}
+    pairs = [(r, rb[(r["image"], r["class"])]) for r in results[a] if r and (r["image"], r["class"]) in rb]
+    pairs = [(ra, rb_) for ra, rb_ in pairs if "score" in ra and "score" in rb_]
+    only_b = [(ra, rb_) for ra, rb_ in pairs if rb_["hit_box"] and not ra["hit_box"]]
+    only_a = [(ra, rb_) for ra, rb_ in pairs if ra["hit_box"] and not rb_["hit_box"]]
+    if not only_b:
+        return ""
+    higher = sum(ra["score"] > rb_["score"] for ra, rb_ in only_b)
+    return (f"\nOf {len(pairs)} pairs, {b} hits and {a} misses on {len(only_b)} ({a} hits and {b} misses on "
+            f"{len(only_a)}). On those {len(only_b)}, the target logit with the top {100 * only_b[0][0]['score_area']:g} % "
+            f"of each map kept: {a} {np.mean([ra['score'] for ra, _ in only_b]):.2f}, {b} "
+            f"{np.mean([rb_['score'] for _, rb_ in only_b]):.2f}; {a}'s off-object region keeps more in {higher} of them.")
+
+
 def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple,
                        blurred_logit=None) -> str:
     """Box accuracy of other maps made from the same cached extremal masks: each area's binary
@@ -236,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{secs:.2f} | {kept} |")
     print("\n".join(lines))
     print(strength_table(results, args.methods, args.tolerance, size))
+    print(disagreement(results))
     if "extremal" in args.methods:
         @torch.no_grad()
         def blurred_logit(im, target: int) -> float:  # the target logit with nothing kept (sigma 20 px)
