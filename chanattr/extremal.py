@@ -228,9 +228,15 @@ class ExtremalResult:
     def binary_masks(self) -> torch.Tensor:
         """The masks as the optimiser scored them: 1 on the top round(a M) entries of each mask
         at area a, 0 elsewhere (same shape as ``masks``)."""
-        n, k = self.masks.shape[:2]
-        fractions = self.areas.to(torch.float64).repeat(n)
-        return top_fraction(self.masks.reshape(n * k, -1), fractions).view_as(self.masks)
+        return binary_masks(self.masks, self.areas)
+
+
+def binary_masks(masks: torch.Tensor, areas: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """N x K x (mask shape) masks -> their binary versions: 1 on the top round(a M) entries of
+    mask k, a = ``areas[k]`` (K fractions), 0 elsewhere."""
+    n, k = masks.shape[:2]
+    fractions = torch.as_tensor(areas, dtype=torch.float64).repeat(n)
+    return top_fraction(masks.reshape(n * k, -1), fractions).view_as(masks)
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -371,7 +377,7 @@ def optimise(
 
 @torch.no_grad()
 def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 8, side: int = 0,
-            parts: int = 2, batch_size: int = 32) -> torch.Tensor:
+            parts: int = 3, batch_size: int = 32) -> torch.Tensor:
     """Each item's ``keep`` best starts among the space's candidate masks, scored as binary
     masks of exactly the item's area (like the extremal score): the candidates at that area,
     and, for k = 2 .. ``parts``, the unions of k of the ``pairs`` best candidates at 1/k of the

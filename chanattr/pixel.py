@@ -145,12 +145,18 @@ class PixelResult(ExtremalResult):
 
     def saliency(self, sigma: float | None = None) -> torch.Tensor:
         """N x H x W: the sum over the areas of each image's binary masks (the top a of the mask
-        at area a: what the model was shown), smoothed by a Gaussian of ``sigma`` px (default
-        20 px at 224 px, zero outside the image) -- the map for pointing-style evaluation. Its
-        maximum lies where the masks of all areas overlap."""
-        s = self.binary_masks().sum(1, keepdim=True)
-        sigma = 20.0 * min(self.masks.shape[-2:]) / 224.0 if sigma is None else sigma
-        return gaussian_blur(s, sigma, border="zero")[:, 0] if sigma > 0 else s[:, 0]
+        at area a: what the model was shown), smoothed (``saliency_map``) -- the map for
+        pointing-style evaluation. Its maximum lies where the masks of all areas overlap."""
+        return saliency_map(self.binary_masks(), sigma)
+
+
+def saliency_map(binary: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """N x K x H x W binary masks -> N x H x W: their sum over K, smoothed by a Gaussian of
+    ``sigma`` px (default 20 px at 224 px, scaled with the shorter side; zero outside the image,
+    so a blob at the border peaks inside the blob)."""
+    s = binary.sum(1, keepdim=True)
+    sigma = 20.0 * min(binary.shape[-2:]) / 224.0 if sigma is None else sigma
+    return gaussian_blur(s, sigma, border="zero")[:, 0] if sigma > 0 else s[:, 0]
 
 
 def extremal_perturbation(

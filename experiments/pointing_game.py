@@ -33,9 +33,8 @@ from chanattr import prepare_image
 from chanattr.baselines import METHODS, saliency
 from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
 from chanattr.evaluation import PointingGame, extremal_score, max_point, pointing_hit
-from chanattr.extremal import Schedule
-from chanattr.perturbations import gaussian_blur
-from chanattr.pixel import extremal_perturbation
+from chanattr.extremal import Schedule, binary_masks
+from chanattr.pixel import extremal_perturbation, saliency_map
 
 from _common import add_device_args, model_on_device
 
@@ -103,8 +102,6 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
     """Box accuracy of other maps made from the same cached extremal masks: each area's binary
     mask alone (smoothed like the saliency), and TorchRay's benchmark map (the plain sum of the
     soft masks), next to the toolkit's saliency (the smoothed sum of the binary masks)."""
-    from chanattr.extremal import top_fraction
-
     large = [k for k, a in enumerate(areas) if a >= 0.05]
     names = ["saliency (smoothed sum of binary masks)", "sum of soft masks (TorchRay's map)"] + [
         f"area {a:g} alone (binary, smoothed)" for a in areas] + [
@@ -119,11 +116,10 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
         if "masks" not in d:
             continue
         masks = torch.from_numpy(d["masks"].astype(np.float32))  # K x H x W
-        hard = top_fraction(masks.flatten(1), torch.tensor(areas, dtype=torch.float64)).view_as(masks)
-        smooth = gaussian_blur(hard[:, None], 20.0 * size / 224, border="zero")[:, 0]
+        hard = binary_masks(masks[None], areas)  # 1 x K x H x W
         box = box_mask(im, c, size)
-        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + list(smooth) + [
-            smooth[large].sum(0)]
+        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + [
+            saliency_map(hard[:, [k]])[0] for k in range(len(areas))] + [saliency_map(hard[:, large])[0]]
         for n, m in zip(names, maps):
             games[n].add_result(c, pointing_hit(m, box, tolerance))
         rewards.append(d["binary_reward"])
@@ -258,10 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     print(strength_table(results, args.methods, args.tolerance, size))
     print(disagreement(results))
     if "extremal" in args.methods:
-        @torch.no_grad()
-        def blurred_logit(im, target: int) -> float:  # the target logit with nothing kept (sigma 20 px)
-            xb = gaussian_blur(prepare_image(im.path, lm.preprocessing).input[None].to(device), 20.0 * size / 224)
-            return float(model(xb)[0, target])
+        def blurred_logit(im, target: int) -> float:  # the extremal score of a mask that keeps nothing
+            x = prepare_image(im.path, lm.preprocessing).input[None].to(device)
+            return float(extremal_score(model, x, torch.zeros(1, 1, size, size), target, 0.0)[0, 0])
 
         print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"],
                                  blurred_logit))
