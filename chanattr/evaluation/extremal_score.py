@@ -4,6 +4,11 @@ Keep exactly round(a H W) pixels, those with the highest mask values (ties broke
 position), replace every other pixel by the input blurred with a Gaussian of sigma 20 px
 (at 224 px; scaled with the input), and read the target logit: higher is better for
 ``preserve``. For ``delete`` the top pixels are blurred instead, and lower is better.
+
+``feather`` (px) softens the kept region's edge with a Gaussian of that sigma before mixing:
+a mask that relies on a hard sharp/blurred edge (an artefact the model reads, not the
+content) loses under it. ``output="probability"`` reads the target's softmax probability
+instead of its logit.
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from ..hooks import frozen
 from ..perturbations import gaussian_blur
 
 
+OUTPUTS = ("logit", "probability")
+
+
 @torch.no_grad()
-def _scores(model, x, blurred, masks, targets, fractions, variant, batch_size) -> torch.Tensor:
-    """x, blurred: N x 3 x H x W; masks: N x J x H x W; fractions: N x J -> N x J logits."""
+def _scores(model, x, blurred, masks, targets, fractions, variant, batch_size, feather: float = 0.0,
+            output: str = "logit") -> torch.Tensor:
+    """x, blurred: N x C x H x W; masks: N x J x H x W; fractions: N x J -> N x J target logits
+    (or probabilities)."""
     n, j = masks.shape[:2]
     out = torch.empty(n, j)
     flat_masks = masks.reshape(n * j, *masks.shape[2:])
@@ -30,10 +40,14 @@ def _scores(model, x, blurred, masks, targets, fractions, variant, batch_size) -
     for start in range(0, n * j, batch_size):
         sl = slice(start, start + batch_size)
         keep = top_fraction(flat_masks[sl], flat_fracs[sl])[:, None]
+        if feather > 0:
+            keep = gaussian_blur(keep, feather)
         if variant == "delete":
             keep = 1 - keep
         xi = x[idx[sl]] * keep + blurred[idx[sl]] * (1 - keep)
         logits = model(xi)
+        if output == "probability":
+            logits = logits.float().softmax(1)
         out.view(-1)[sl] = logits.gather(1, targets[idx[sl]].view(-1, 1)).squeeze(1).float().cpu()
     return out
 
@@ -63,14 +77,22 @@ def extremal_score(
     *,
     variant: str = "preserve",
     sigma: float | None = None,
+    feather: float = 0.0,
+    output: str = "logit",
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Target logit with only the top ``area`` of each mask kept (``preserve``) or blurred
-    (``delete``). ``x``: N x 3 x H x W; ``masks``: N x K x H x W (any values; only their
-    order matters); ``areas``: K fractions, mask k scored at area k. Returns N x K (CPU).
+    (``delete``). ``x``: N x C x H x W; ``masks``: N x K x H x W (any values; only their
+    order matters); ``areas``: K fractions, mask k scored at area k; ``feather``: sigma (px)
+    of the Gaussian that softens the kept region's edge (0: a hard edge); ``output``:
+    ``"logit"`` or ``"probability"`` (softmax). Returns N x K (CPU).
     """
     if variant not in ("preserve", "delete"):
         raise ChanattrError(f"extremal score variant must be preserve or delete, not {variant!r}")
+    if output not in OUTPUTS:
+        raise ChanattrError(f"extremal score output must be logit or probability, not {output!r}")
+    if feather < 0:
+        raise ChanattrError(f"feather is a Gaussian sigma in pixels, >= 0; got {feather}")
     x, masks, targets, blurred = _prepare(x, masks, target, sigma)
     fr = torch.as_tensor(areas, dtype=torch.float32, device=x.device).flatten()
     if fr.numel() == 1:
@@ -78,7 +100,8 @@ def extremal_score(
     if fr.numel() != masks.shape[1]:
         raise ChanattrError(f"{fr.numel()} areas for {masks.shape[1]} masks per image")
     with frozen(model):
-        return _scores(model, x, blurred, masks, targets, fr.expand(x.shape[0], -1), variant, batch_size)
+        return _scores(model, x, blurred, masks, targets, fr.expand(x.shape[0], -1), variant, batch_size, feather,
+                       output)
 
 
 def area_curve(
