@@ -134,3 +134,30 @@ class PlantedMLP(nn.Module):
 def region_net() -> RegionNet:
     """Factory for the command-line tests (``--model tests/models_gt.py:region_net``)."""
     return RegionNet(48, (6, 14, 20, 20))
+
+
+JOINT = [2, 5, 9, 13]
+DECOYS = [0, 7, 11]
+
+
+class JointChannelNet(nn.Module):
+    """Class 0 rests on channels ``JOINT`` of ``features.1`` (16 channels, each about 1) only
+    together: 8 sigmoid(10 (s - 2.5)), s their sum -- saturated at the full input (s = 4), so
+    their gradient is about 0 and removing any one of them changes nothing -- beside decoys
+    ``DECOYS`` that add 1 each alone. With 3 channels kept the best set is 3 of ``JOINT``
+    (about 7.95); the decoys, which gradient x activation and single-channel ablation rank
+    first, give 3. With 4: 3 of ``JOINT`` and a decoy (8.95)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight.mul_(0.01)
+            self.features[0].bias.fill_(1.0)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        a = self.pool(self.features(x)).flatten(1)
+        y0 = 8 * torch.sigmoid(10 * (a[:, JOINT].sum(1) - 2.5)) + a[:, DECOYS].sum(1)
+        return torch.stack([y0, torch.ones_like(y0)], 1)
