@@ -110,6 +110,7 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
         "class_name": lm.class_name(target),
         "target_logit_full_image": full,
         "areas": areas,
+        "preset": result.info.get("preset", "fast"),
         "variant": result.variant,
         "perturbation": result.info["perturbation"],
         "reward": result.reward_kind,

@@ -92,3 +92,12 @@ def test_channels_writes_outputs(run_cli, tmp_path):
 def test_channels_bad_layer(run_cli, tmp_path):
     code, _, err = run_cli("channels", "chelsea", *PLANTED, "--layer", "features.20", "--out", tmp_path)
     assert code == 2 and "close names: features.2" in err and len(err.strip().splitlines()) == 1
+
+
+
+def test_explain_paper_preset_is_recorded(run_cli, tmp_path):
+    code, _, err = run_cli("explain", "chelsea", *REGION, "--areas", "0.2", "--preset", "paper",
+                           "--iterations", "20", "--target", "0", "--out", tmp_path)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["preset"] == "paper" and summary["iterations"] == 20
