@@ -66,9 +66,9 @@ class ChannelSpace:
         self.model, self.images, self.layer = model, images, layer
         self.num_images = images.shape[0]
         self.split, self.reason = (None, "full forward passes asked for")
-        if split == "auto":
-            self.split, self.reason = split_at(model, layer, images)
-        with torch.no_grad():
+        with torch.no_grad(), frozen(model):
+            if split == "auto":
+                self.split, self.reason = split_at(model, layer, images)
             if self.split is not None:
                 self.activation, self.others = self.split.prefix(images)
             else:
@@ -79,6 +79,8 @@ class ChannelSpace:
             raise ChanattrError(f"layer {layer!r} returns a {self.activation.dim()}-D tensor: pick one with channels")
         self.num_channels = int(self.activation.shape[1])
         self.baseline = self._baseline(baseline)
+        self.baseline_name = baseline if isinstance(baseline, str) else "tensor"
+        self.split_mode = split
 
     @property
     def path(self) -> str:
@@ -115,12 +117,14 @@ class ChannelSpace:
         return params
 
     def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Model outputs with the layer's channels mixed by ``keep`` (B x C); ``flip`` is ignored."""
-        if self.split is not None:
-            a = self._mix(self.activation[image_index], keep, image_index)
-            return self.split.suffix(a, tuple(o[image_index] for o in self.others))
-        with edit(self.model, {self.layer: lambda out: self._mix(out, keep, image_index)}):
-            return self.model(self.images[image_index])
+        """Model outputs with the layer's channels mixed by ``keep`` (B x C); ``flip`` is ignored.
+        The model runs in eval mode without parameter gradients, and is left as found."""
+        with frozen(self.model):
+            if self.split is not None:
+                a = self._mix(self.activation[image_index], keep, image_index)
+                return self.split.suffix(a, tuple(o[image_index] for o in self.others))
+            with edit(self.model, {self.layer: lambda out: self._mix(out, keep, image_index)}):
+                return self.model(self.images[image_index])
 
     @torch.no_grad()
     def search(self, image_index: torch.Tensor, targets: torch.Tensor, areas: torch.Tensor, variant: str,
@@ -271,8 +275,8 @@ def channel_extremal_perturbation(
     *,
     variant: str = "preserve",
     reward: str = "simple",
-    baseline: str | torch.Tensor = "zero",
-    split: str = "auto",
+    baseline: str | torch.Tensor | None = None,
+    split: str | None = None,
     schedule: Schedule | None = None,
     iterations: int | None = None,
     seed: int = 0,
@@ -283,10 +287,17 @@ def channel_extremal_perturbation(
 
     ``areas``: fractions of the layer's channels. Returns a ``ChannelResult`` with masks
     N x K x C in [0, 1]; ``info["path"]`` says whether the split or the full path ran.
-    A ``space`` from an earlier call on the same images and layer can be passed to reuse
-    its activations. The model runs in eval mode and is left as found.
+    ``baseline`` (default ``"zero"``) and ``split`` (default ``"auto"``): see ``ChannelSpace``.
+    A ``space`` built on the same images and layer can be passed to reuse its activations; its
+    baseline and split are then the ones used (and recorded), and a ``baseline``, ``split``,
+    layer or input that disagrees with it is refused. The model runs in eval mode and is left
+    as found. Results are deterministic: ``seed`` seeds only ``Schedule.init_noise``.
     """
     x = check_batch(x)
+    if space is not None:
+        _check_space(space, model, x, layer, baseline, split)
+    baseline = "zero" if baseline is None else baseline
+    split = "auto" if split is None else split
     areas = check_areas(areas)
     targets = as_targets(target, x.shape[0], x.device)
     schedule = schedule or CHANNEL_SCHEDULE
@@ -314,8 +325,28 @@ def channel_extremal_perturbation(
         iterations=out["iterations"],
         seconds=out["seconds"],
         info={"space": "channel", "layer": layer, "path": space.path, "split_reason": space.reason,
-              "baseline": baseline if isinstance(baseline, str) else "tensor", "channels": space.num_channels},
+              "baseline": space.baseline_name, "channels": space.num_channels},
     )
+
+
+def _check_space(space: ChannelSpace, model, x, layer, baseline, split) -> None:
+    """Refuse a ``space`` that was not built for this model, input and layer, or whose baseline
+    or split differs from the ones asked for."""
+    if space.model is not model or space.layer != layer:
+        raise ChanattrError(f"the space was built for layer {space.layer!r} of another call: build a ChannelSpace "
+                            f"for this model and layer {layer!r}, or pass no space")
+    if space.images.shape != x.shape or not torch.equal(space.images, x.detach().to(space.images.device)):
+        raise ChanattrError("x is not the input the space was built on: pass the same images, or no space")
+    if baseline is not None:
+        same = (baseline == space.baseline_name) if isinstance(baseline, str) else (
+            space.baseline_name == "tensor" and torch.equal(
+                torch.broadcast_to(baseline.to(space.baseline), space.baseline.shape[1:])[None], space.baseline))
+        if not same:
+            raise ChanattrError(f"baseline {baseline if isinstance(baseline, str) else 'tensor'!r} differs from the "
+                                f"space's ({space.baseline_name!r}): build the space with it, or leave baseline out")
+    if split is not None and split != space.split_mode:
+        raise ChanattrError(f"split {split!r} differs from the space's ({space.split_mode!r}): build the space with "
+                            f"it, or leave split out")
 
 
 def class_channels(masks: torch.Tensor, labels: Sequence[int] | torch.Tensor) -> dict[int, dict]:

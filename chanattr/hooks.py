@@ -5,7 +5,8 @@
 - ``LayerHooks`` (and the shorthands ``capture`` / ``edit``): a context manager that captures
   the outputs of named layers, or replaces them with a function of themselves, for every
   forward pass run inside the ``with``. Hooks are removed on exit, exceptions included.
-- ``preserved(model)``: restores train/eval modes and ``requires_grad`` flags on exit.
+- ``preserved(model)``: restores train/eval modes, ``requires_grad`` flags and buffers on exit;
+  ``frozen(model)``: the same, with eval mode and no parameter gradients inside.
 """
 
 from __future__ import annotations
@@ -212,21 +213,31 @@ _HOOK_DICTS = (
 
 
 def model_state(model: nn.Module) -> dict:
-    """A snapshot to compare: every module's mode, every parameter's ``requires_grad``,
-    the number of hooks on every module, and the parameters' data pointers."""
+    """A snapshot to compare with ``==``: every module's train/eval mode, every parameter's
+    ``requires_grad`` and whether its ``.grad`` is None, the number of hooks of each kind on
+    every module, and a fingerprint (SHA-1 of the bytes) of every parameter and buffer, by name."""
+    import hashlib
+
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha1(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
     return {
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [p.grad is None for p in model.parameters()],
         "hooks": [sum(len(getattr(m, d, {})) for d in _HOOK_DICTS) for m in model.modules()],
+        "parameters": {n: digest(p) for n, p in model.named_parameters()},
+        "buffers": {n: digest(b) for n, b in model.named_buffers()},
     }
 
 
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every module's train/eval mode and every parameter's ``requires_grad`` on exit."""
+    """Restore every module's train/eval mode, every parameter's ``requires_grad`` and every
+    buffer's values (e.g. BatchNorm's running statistics) on exit, exceptions included."""
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield model
     finally:
@@ -234,6 +245,10 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape and not torch.equal(b, saved):
+                    b.copy_(saved)
 
 
 @contextmanager

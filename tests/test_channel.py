@@ -155,3 +155,24 @@ def test_channel_search_delete_finds_the_joint_set():
     r = channel_extremal_perturbation(model, textured(16), 0, "features.1", [2 / 16], variant="delete",
                                       iterations=0, progress=False)
     assert set(r.kept_channels(0, 0)) < set(JOINT)
+
+
+def test_a_given_space_decides_baseline_and_split_and_must_fit_the_input():
+    """With ``space=``, the space's baseline is the one used and recorded (it was recorded as
+    'zero' whatever the space had); a different baseline, split, layer or input is refused."""
+    model = PlantedConvNet().eval()
+    x = textured(16, 2)
+    space = ChannelSpace(model, x, "features.2", baseline="mean")
+    kw = dict(iterations=2, progress=False, space=space)
+    r = channel_extremal_perturbation(model, x, 0, "features.2", [AREA], **kw)
+    assert r.info["baseline"] == "mean" and r.info["path"] == space.path
+    assert channel_extremal_perturbation(model, x, 0, "features.2", [AREA], baseline="mean", **kw).info[
+        "baseline"] == "mean"
+    with pytest.raises(ChanattrError, match="baseline 'zero' differs"):
+        channel_extremal_perturbation(model, x, 0, "features.2", [AREA], baseline="zero", **kw)
+    with pytest.raises(ChanattrError, match="split 'full' differs"):
+        channel_extremal_perturbation(model, x, 0, "features.2", [AREA], split="full", **kw)
+    with pytest.raises(ChanattrError, match="not the input the space was built on"):
+        channel_extremal_perturbation(model, textured(16, 2, seed=9), 0, "features.2", [AREA], **kw)
+    with pytest.raises(ChanattrError, match="built for layer"):
+        channel_extremal_perturbation(model, x, 0, "features.0", [AREA], **kw)
