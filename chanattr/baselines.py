@@ -29,7 +29,7 @@ def _captum():
     try:
         import captum.attr as ca
     except ImportError:
-        raise ChanattrError("this method needs Captum: pip install captum (or pip install 'chanattr[bench]')") from None
+        raise ChanattrError("this method needs Captum, a dependency of chanattr: pip install captum") from None
     return ca
 
 
@@ -37,21 +37,21 @@ def _reduce(attr: torch.Tensor) -> torch.Tensor:
     return attr.detach().abs().amax(1).cpu()
 
 
-def gradient(model, x, target, **_):
+def gradient(model, x, target):
     return _reduce(_captum().Saliency(model).attribute(x, target=target, abs=False))
 
 
-def gradient_x_input(model, x, target, **_):
+def gradient_x_input(model, x, target):
     return _reduce(_captum().InputXGradient(model).attribute(x, target=target))
 
 
-def integrated_gradients(model, x, target, steps: int = 32, **_):
+def integrated_gradients(model, x, target, steps: int = 32):
     """Integrated gradients from a zero (normalisation-mean) baseline, ``steps`` steps."""
     ig = _captum().IntegratedGradients(model)
     return _reduce(ig.attribute(x, target=target, n_steps=steps, internal_batch_size=max(steps, 8)))
 
 
-def guided_backprop(model, x, target, **_):
+def guided_backprop(model, x, target):
     """Captum's guided backprop, with the guided rule on ReLU6 as well as ReLU."""
     ca = _captum()
 
@@ -79,7 +79,7 @@ def last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     return found[-1]
 
 
-def gradcam(model, x, target, layer: str | None = None, **_):
+def gradcam(model, x, target, layer: str | None = None):
     """Grad-CAM at ``layer`` (default: the last spatial layer), upsampled to the input, ReLU'd."""
     ca = _captum()
     name = layer or last_spatial_layer(model, x)
@@ -90,7 +90,7 @@ def gradcam(model, x, target, layer: str | None = None, **_):
 
 @torch.no_grad()
 def rise(model, x, target, masks: int = 2000, cells: int = 7, p: float = 0.5, batch_size: int = 64,
-         seed: int = 0, **_):
+         seed: int = 0):
     """RISE: the expected target probability under random masks, each pixel weighted by
     whether it was kept. ``masks`` random binary ``cells`` x ``cells`` grids, upsampled with
     a random shift; masked pixels go to the model's zero input (the normalisation mean).
@@ -117,7 +117,7 @@ def rise(model, x, target, masks: int = 2000, cells: int = 7, p: float = 0.5, ba
     return out / (masks * p)
 
 
-def centre(model, x, target, **_):
+def centre(model, x, target):
     """The centre-point baseline: a map peaked at the image centre."""
     n, _, h, w = x.shape
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -151,11 +151,35 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def _options(method: str) -> list[str]:
+    """The keyword options ``method`` takes (those of the function it forwards to included)."""
+    import inspect
+
+    from .pixel import extremal_perturbation
+    from .prunegrad import prunegrad
+
+    forwards = {"extremal": extremal_perturbation, "prunegrad": prunegrad}
+    names = []
+    for fn in (METHODS[method], forwards.get(method)):
+        if fn is None:
+            continue
+        for p in list(inspect.signature(fn).parameters.values())[3:]:
+            if p.kind is not p.VAR_KEYWORD and p.name not in names and p.name != "progress":
+                names.append(p.name)
+    return names
+
+
 def saliency(method: str, model: nn.Module, x: torch.Tensor, target, **kwargs) -> torch.Tensor:
     """An N x H x W saliency map of ``method`` (one of ``METHODS``) for N images (the model's
-    normalised input) and their targets. The model runs in eval mode and is left as found."""
+    normalised input) and their targets. ``kwargs``: the method's options (e.g. ``steps`` for
+    integrated gradients, ``layer`` for Grad-CAM); an option the method does not take is
+    refused. The model runs in eval mode and is left as found."""
     if method not in METHODS:
         raise ChanattrError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    unknown = sorted(set(kwargs) - set(_options(method)))
+    if unknown:
+        takes = ", ".join(_options(method)) or "no options"
+        raise ChanattrError(f"{method} takes no option {', '.join(map(repr, unknown))}: it takes {takes}")
     x = check_batch(x)
     targets = as_targets(target, x.shape[0], x.device)
     with frozen(model):

@@ -27,6 +27,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std (default ImageNet's)")
     g.add_argument("--labels", metavar="FILE", help="class names, one a line (default: indices)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds --random-weights (the same seed, the same network; recorded in summary.json) and, "
+                        "for invert and visualize, the starting image; the attribution methods are deterministic "
+                        "(default 0)")
 
 
 def model_from_args(args: argparse.Namespace):
@@ -42,6 +46,7 @@ def model_from_args(args: argparse.Namespace):
         std=args.std,
         labels=args.labels,
         device=args.device,
+        seed=args.seed,
     )
 
 
@@ -131,11 +136,8 @@ def add_images_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
 
 
-def add_output_args(p: argparse.ArgumentParser, *, per_image: bool = False, seed: bool = True,
-                    progress: bool = True) -> None:
-    """--out and --overwrite (and --seed, --no-progress where the command has them)."""
-    if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+def add_output_args(p: argparse.ArgumentParser, *, per_image: bool = False, progress: bool = True) -> None:
+    """--out and --overwrite (and --no-progress where the command has it)."""
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder" + (" (a sub-folder per image when several)" if per_image else ""))
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
@@ -269,7 +271,7 @@ def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="keep the top fraction over all layers at once (default) or in each layer")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="modules to prune (default: every activation module)")
-    add_output_args(p, per_image=True, seed=False, progress=False)
+    add_output_args(p, per_image=True, progress=False)
     add_model_args(p)
 
 

@@ -85,12 +85,11 @@ COCO_TO_IMAGENET: dict[str, list[int]] = {
 
 
 def default_coco_root() -> Path:
-    """Where coco128 is: ``$CHANATTR_COCO``, else ``../shared/data/coco128`` beside this
-    checkout, else the same beside the working directory, else ``/work/shared/data/coco128``
-    (the first that exists; the second when none does)."""
+    """Where coco128 is: ``$CHANATTR_COCO``, else ``shared/data/coco128`` beside this checkout,
+    else the same beside the working directory (the first that exists; the second when none does)."""
     here = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
     options = [Path(os.environ["CHANATTR_COCO"])] if os.environ.get("CHANATTR_COCO") else []
-    options += [here, Path.cwd().parent / "shared" / "data" / "coco128", Path("/work/shared/data/coco128")]
+    options += [here, Path.cwd().parent / "shared" / "data" / "coco128"]
     return next((p for p in options if (p / "images").is_dir()), here)
 
 

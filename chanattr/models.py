@@ -83,6 +83,20 @@ class LoadedModel:
             return self.class_names[index]
         return str(index)
 
+    def fingerprint(self) -> str:
+        """SHA-1 (12 hex digits) over every parameter and buffer of the model: two runs with the
+        same fingerprint used the same network."""
+        import hashlib
+
+        from .hooks import model_state
+
+        state = model_state(self.model)
+        h = hashlib.sha1()
+        for kind in ("parameters", "buffers"):
+            for name, digest in state[kind].items():
+                h.update(f"{kind}:{name}:{digest};".encode())
+        return h.hexdigest()[:12]
+
     def check_target(self, target: int) -> int:
         """Raise a clear error if ``target`` is not a class index of this model."""
         n = len(self.class_names)
@@ -281,15 +295,27 @@ def load_model(
     std: Sequence[float] | None = None,
     labels: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> LoadedModel:
     """Load a model by name, in eval mode on ``device``.
 
     ``input_size``, ``mean`` and ``std`` override the preprocessing (pixels: side of the
-    square input; mean/std: per RGB channel, for inputs in [0, 1]); ``labels`` is a file
-    with one class name a line.
+    square input; mean/std: per input channel, for inputs in [0, 1]); ``labels`` is a file
+    with one class name a line. ``seed`` seeds the initialisation (``random_weights``, or the
+    factory of a user's model), so the same call gives the same network; torch's global
+    random state is left as it was. ``extra`` records the weights, ``random_weights`` and seed.
     """
     if weights is not None and random_weights:
         raise ChanattrError("give either --weights or --random-weights, not both")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm = _load_model(name, weights, random_weights, input_size, mean, std, labels, device)
+    lm.extra.update({"weights": None if weights is None else str(weights), "random_weights": bool(random_weights),
+                     "seed": int(seed)})
+    return lm
+
+
+def _load_model(name, weights, random_weights, input_size, mean, std, labels, device) -> LoadedModel:
     pretrained = weights is None and not random_weights
     if name == DEFAULT_MODEL:
         if random_weights:

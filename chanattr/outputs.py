@@ -27,6 +27,38 @@ def output_dir(path: str | Path, files: Iterable[str], overwrite: bool = False) 
     return p
 
 
+def input_digest(x: torch.Tensor) -> str:
+    """SHA-1 (12 hex digits) of one image's model input (C x H x W, float32)."""
+    import hashlib
+
+    t = x.detach().float().cpu().contiguous().reshape(-1)
+    return hashlib.sha1(t.numpy().tobytes()).hexdigest()[:12]
+
+
+def provenance(lm, x: torch.Tensor) -> dict:
+    """What a result was made from, for summary.json: the model, its weights (file, random and
+    seed), a fingerprint of the network and of the input (one image, C x H x W)."""
+    return {"model": lm.name, "weights": lm.extra.get("weights"), "random_weights": lm.extra.get("random_weights"),
+            "seed": lm.extra.get("seed"), "model_fingerprint": lm.fingerprint(),
+            "input_sha1": input_digest(x[0] if x.dim() == 4 else x)}
+
+
+def check_provenance(folder: str | Path, lm, x: torch.Tensor) -> None:
+    """Refuse a result folder made with another network or another input than (``lm``, ``x``)."""
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    if saved.get("model_fingerprint") not in (None, lm.fingerprint()):
+        raise ChanattrError(
+            f"{folder} was made with another network ({saved.get('model')}, weights {saved.get('weights')}, random "
+            f"{saved.get('random_weights')}, seed {saved.get('seed')}): give the same --model/--weights/"
+            f"--random-weights/--seed, or drop --from")
+    if saved.get("input_sha1") not in (None, input_digest(x[0] if x.dim() == 4 else x)):
+        raise ChanattrError(f"{folder} was made for another image ({saved.get('image')}) or input size: give the "
+                            f"same image and --input-size/--mean/--std, or drop --from")
+
+
 def image_dirs(out: str | Path, names: list[str]) -> list[Path]:
     """One folder: ``out`` itself for one image, ``out/<name>`` for each of several."""
     base = Path(out)
@@ -105,7 +137,7 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
     write_npz(folder / "masks.npz", masks=masks, areas=result.areas, input=x, target=np.int64(target))
     summary = {
         "image": image.name,
-        "model": lm.name,
+        **provenance(lm, x),
         "target": target,
         "class_name": lm.class_name(target),
         "target_logit_full_image": full,
@@ -160,7 +192,7 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
         target = int(result.targets[i])
         summary = {
             "image": images[i].name,
-            "model": lm.name,
+            **provenance(lm, x[i]),
             "layer": result.info["layer"],
             "channels": c,
             "target": target,
@@ -208,6 +240,7 @@ def salient_channels(lm, x: torch.Tensor, layer: str, choice: str, from_dir: str
     """The channel subset to invert: from a saved channel result, from a fresh channel
     extremal perturbation (``auto``), all channels (``None``), or explicit indices."""
     if from_dir is not None:
+        check_provenance(from_dir, lm, x)
         found = read_channel_result(from_dir, layer)
         masks, areas = found["masks"], found["areas"].tolist()
         c = masks.shape[1]
@@ -264,7 +297,7 @@ def write_inversion(folder: Path, lm, image, x: torch.Tensor, layer: str, subset
     fig = plot_inversions(image.rgb, images, counts, c, title=f"{image.name}: inverting {layer}")
     fig.savefig(folder / "inversion.png", dpi=150)
     plt.close(fig)
-    summary = {"image": image.name, "model": lm.name, "layer": layer, "channels": c, "counts": counts,
+    summary = {"image": image.name, **provenance(lm, x), "layer": layer, "channels": c, "counts": counts,
                "subset": subset, "subset_from": how, "param": param, "iterations": iterations, "seed": seed,
                "relative_error": dict(zip(names, result.relative_error.tolist())), "seconds": result.seconds}
     write_json(folder / "summary.json", summary)
@@ -308,7 +341,7 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
               kept_totals=np.array([totals[s] for s in sites], dtype=np.int64))
     summary = {
         "image": image.name,
-        "model": lm.name,
+        **provenance(lm, x),
         "target": target,
         "class_name": lm.class_name(target),
         **{k: result.info[k] for k in ("keep", "granularity", "scope")},

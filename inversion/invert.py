@@ -41,15 +41,35 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             random.setstate(py_state)
 
 
-def channel_mask(channels, num_channels: int, device=None) -> torch.Tensor:
-    """A float mask of length C from a boolean/float mask, or a list of channel indices."""
+def channel_mask(channels, num_channels: int, device=None, *, kind: str = "auto") -> torch.Tensor:
+    """A float mask of length C (``num_channels``) in [0, 1].
+
+    ``channels``: channel indices (a list or integer tensor), or a mask of length C (a boolean
+    or float tensor or list). ``kind``: ``"indices"``, ``"mask"``, or ``"auto"`` (booleans and
+    floats are a mask, integers are indices). A list of 0s and 1s of length C could be either:
+    ``auto`` refuses it -- say which with ``kind``."""
     if isinstance(channels, str):
         raise ChanattrError("give channels as a mask or a list of indices")
+    if kind not in ("auto", "indices", "mask"):
+        raise ChanattrError(f"unknown kind {kind!r}: use auto, indices or mask")
     t = torch.as_tensor(channels)
-    if t.dtype == torch.bool or (t.dtype.is_floating_point and t.numel() == num_channels and t.dim() == 1):
-        if t.numel() != num_channels:
+    if kind == "auto":
+        if t.dtype == torch.bool or t.dtype.is_floating_point:
+            kind = "mask"
+        elif t.dim() == 1 and t.numel() == num_channels and num_channels > 2 and bool(((t == 0) | (t == 1)).all()):
+            raise ChanattrError(f"{num_channels} zeros and ones could be a mask or channel indices: "
+                                f"pass kind='mask' or kind='indices' (or a boolean tensor for a mask)")
+        else:
+            kind = "indices"
+    if kind == "mask":
+        if t.dim() != 1 or t.numel() != num_channels:
             raise ChanattrError(f"a channel mask needs {num_channels} entries, got {t.numel()}")
-        return t.float().to(device)
+        m = t.float()
+        if m.min() < 0 or m.max() > 1:
+            raise ChanattrError("a channel mask holds values in [0, 1]")
+        return m.to(device)
+    if t.dtype.is_floating_point and not bool((t == t.round()).all()):
+        raise ChanattrError("channel indices must be whole numbers")
     idx = t.long().flatten()
     if idx.numel() and (idx.min() < 0 or idx.max() >= num_channels):
         raise ChanattrError(f"channel indices must be within 0..{num_channels - 1}")

@@ -161,3 +161,10 @@ class JointChannelNet(nn.Module):
         a = self.pool(self.features(x)).flatten(1)
         y0 = 8 * torch.sigmoid(10 * (a[:, JOINT].sum(1) - 2.5)) + a[:, DECOYS].sum(1)
         return torch.stack([y0, torch.ones_like(y0)], 1)
+
+
+def random_conv() -> nn.Module:
+    """A small conv net with fresh random weights on every call (no seed of its own): for the
+    command line's --seed (``--model tests/models_gt.py:random_conv``)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))

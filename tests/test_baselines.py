@@ -61,3 +61,12 @@ def test_rise_and_centre_point_where_expected():
 def test_unknown_method():
     with pytest.raises(ChanattrError, match="unknown method"):
         saliency("magic", TinyNet(), textured(16), 0)
+
+
+def test_saliency_refuses_an_option_the_method_does_not_take(tiny):
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(ChanattrError, match="integrated_gradients takes no option 'step'.*steps"):
+        saliency("integrated_gradients", tiny, x, 0, step=4)  # a typo of steps: was silently dropped
+    with pytest.raises(ChanattrError, match="gradient takes no option 'layer'"):
+        saliency("gradient", tiny, x, 0, layer="conv")
+    assert saliency("integrated_gradients", tiny, x, 0, steps=4).shape == (1, 16, 16)

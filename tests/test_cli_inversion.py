@@ -148,3 +148,30 @@ def test_prunegrad_command_and_invert_from_its_channels(run_cli, tmp_path):
 def test_prunegrad_command_bad_input(run_cli, tmp_path, extra, match):
     code, _, err = run_cli("prunegrad", "chelsea", *PLANTED[:-1], *extra, "--out", tmp_path / "x")
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_seeded_weights_and_invert_from_checks_the_network_and_image(run_cli, tmp_path):
+    """--seed makes a freshly initialised model the same network each time (it was drawn anew by
+    every command, so channels then invert --from silently mixed two networks); invert --from
+    refuses a folder made with another network or another image."""
+    model = ["--model", f"{HERE / 'models_gt.py'}:random_conv", "--input-size", "16", "--no-progress"]
+    ch = tmp_path / "ch"
+    assert run_cli("channels", "chelsea", *model, "--seed", "1", "--layer", "2", "--areas", "0.25",
+                   "--iterations", "5", "--out", ch)[0] == 0
+    summary = json.loads((ch / "summary.json").read_text())
+    assert summary["seed"] == 1 and len(summary["model_fingerprint"]) == 12
+    inv = ["--layer", "2", "--from", ch, "--iterations", "2", "--param", "pixel"]
+    code, _, err = run_cli("invert", "chelsea", *model, "--seed", "2", *inv, "--out", tmp_path / "a")
+    assert code == 2 and "another network" in err
+    code, _, err = run_cli("invert", "coffee", *model, "--seed", "1", *inv, "--out", tmp_path / "b")
+    assert code == 2 and "another image" in err
+    code, _, err = run_cli("invert", "chelsea", *model, "--seed", "1", *inv, "--out", tmp_path / "c")
+    assert code == 0, err
+
+
+def test_load_model_seed_gives_the_same_network():
+    from chanattr import load_model
+
+    spec = f"{HERE / 'models_gt.py'}:random_conv"
+    a, b, c = (load_model(spec, input_size=16, seed=s) for s in (3, 3, 4))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()

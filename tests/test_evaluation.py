@@ -191,3 +191,17 @@ def test_imagenet_target_stays_within_the_set():
     assert imagenet_target(logits, "cat") == 281
     assert imagenet_target(logits, "dog") == 200
     assert all(0 <= i < 1000 for ids in COCO_TO_IMAGENET.values() for i in ids)
+
+
+def test_coco_root_is_only_the_documented_search(tmp_path, monkeypatch):
+    """No machine-specific path: with nothing beside the checkout or the working directory and no
+    $CHANATTR_COCO, the answer is the place beside the checkout (which then does not exist)."""
+    import chanattr.coco as coco
+
+    monkeypatch.delenv("CHANATTR_COCO", raising=False)
+    monkeypatch.setattr(coco, "__file__", str(tmp_path / "repo" / "chanattr" / "coco.py"))
+    monkeypatch.chdir(tmp_path / "repo" if (tmp_path / "repo").mkdir() is None else tmp_path)
+    assert coco.default_coco_root() == tmp_path / "shared" / "data" / "coco128"
+    monkeypatch.setenv("CHANATTR_COCO", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    assert coco.default_coco_root() == tmp_path

@@ -111,3 +111,13 @@ def test_figures(chelsea64):
     assert len(fig.axes) == 4 and "2 of 10" in fig.axes[2].get_title()
     fig = plot_channel_grid(torch.stack([img] * 5), [f"#{i}" for i in range(5)], cols=3)
     assert sum(1 for ax in fig.axes if ax.images) == 5
+
+
+def test_channel_mask_says_which_meaning():
+    with pytest.raises(ChanattrError, match="could be a mask or channel indices"):
+        channel_mask([0, 1, 1, 0], 4)  # was read as the indices {0, 1}
+    assert channel_mask([0, 1, 1, 0], 4, kind="mask").tolist() == [0, 1, 1, 0]
+    assert channel_mask([0, 1, 1, 0], 4, kind="indices").tolist() == [1, 1, 0, 0]
+    assert channel_mask([0.0, 0.5, 1.0, 0.0], 4).tolist() == [0, 0.5, 1, 0]
+    with pytest.raises(ChanattrError, match="in \\[0, 1\\]"):
+        channel_mask([0.0, 2.0, 1.0, 0.0], 4)
