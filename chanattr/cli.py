@@ -270,7 +270,14 @@ def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
                    help="prune single neurons (default) or whole channels")
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="keep the top fraction over all layers at once (default) or in each layer")
-    p.add_argument("--layers", nargs="+", metavar="NAME", help="modules to prune (default: every activation module)")
+    p.add_argument("--criterion", choices=["abs", "signed"], default="abs",
+                   help="neuron importance: |a dy/da| (abs, the paper's, default) or a dy/da (signed: keep only "
+                        "neurons that support the target)")
+    p.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="modules to prune, by name (default: every module of a neuron activation type)")
+    p.add_argument("--layer-types", nargs="+", metavar="TYPE",
+                   help="modules to prune, by class name (e.g. GELU SiLU; default: ReLU, ReLU6, SiLU, GELU and kin, "
+                        "not gates such as Sigmoid)")
     add_output_args(p, per_image=True, progress=False)
     add_model_args(p)
 
@@ -286,13 +293,15 @@ def cmd_prunegrad(args: argparse.Namespace) -> int:
     files = ("saliency.npz", "summary.json", "prunegrad.png", "channels.npz")
     lm, images, dirs, x, targets = _prepare_images(args, files)
     result = prunegrad(lm.model, x, targets, keep=args.keep, granularity=args.granularity, scope=args.scope,
-                       layers=args.layers)
-    plain = prunegrad(lm.model, x, targets, keep=1.0, layers=args.layers).saliency
+                       layers=args.layers, criterion=args.criterion, layer_types=args.layer_types)
+    plain = prunegrad(lm.model, x, targets, keep=1.0, layers=args.layers, layer_types=args.layer_types).saliency
     for i, (img, folder) in enumerate(zip(images, dirs)):
         summary = write_prunegrad(folder, lm, img, x[i], result, i, plain[i])
         ch = summary["channel_attribution"]
         extra = f", {len(ch['channels'])} channels kept at {ch['layer']}" if ch else ""
-        print(f"{img.name}: target {int(targets[i])} ({lm.class_name(int(targets[i]))}){extra} -> {folder}")
+        print(f"{img.name}: target {int(targets[i])} ({lm.class_name(int(targets[i]))}), "
+              f"{len(result.info['layers'])} modules pruned, target logit {summary['target_logit']:.2f} -> "
+              f"{summary['pruned_target_logit']:.2f} in the pruned network{extra} -> {folder}")
     return 0
 
 

@@ -344,13 +344,21 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
         **provenance(lm, x),
         "target": target,
         "class_name": lm.class_name(target),
-        **{k: result.info[k] for k in ("keep", "granularity", "scope")},
+        **{k: result.info[k] for k in ("keep", "granularity", "scope", "criterion")},
+        "target_logit": float(result.logit[index]),
+        "target_probability": float(result.probability[index]),
+        "pruned_target_logit": float(result.pruned_logit[index]),
+        "pruned_target_probability": float(result.pruned_probability[index]),
+        "pruned_layers": result.info["layers"],
+        "kept_fraction_per_layer": {s: float(f[index]) for s, f in result.kept_fraction.items()},
         "kept_channels": {s: {"kept": counts[s], "of": totals[s]} for s in sites},
     }
-    # the kept channels of the last hooked layer, as a channel attribution
-    site = sites[-1]
-    layer = site.split("#")[0]
-    if "#" not in site:
+    # the kept channels of the last hooked layer that runs once (one output to invert), as a
+    # channel attribution
+    single = [s for s in sites if "#" not in s]
+    site = single[-1] if single else None
+    layer = site
+    if site is not None:
         values = result.kept[site][index]  # fraction of each channel's neurons kept
         ranking = torch.argsort(-values, stable=True)
         with torch.no_grad():
@@ -362,7 +370,7 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
         summary["channel_attribution"] = {"layer": layer, "channels": ranking[: counts[site]].tolist(),
                                           "channel_curve": curve.to_dict(0), "path": space.path}
     else:
-        summary["channel_attribution"] = None  # a module run several times: no single layer to invert
+        summary["channel_attribution"] = None  # every pruned module runs several times: no single output
     write_json(folder / "summary.json", summary)
     fig = plot_saliency_maps(image.rgb, [plain.cpu().numpy(), result.saliency[index].cpu().numpy()],
                              ["gradient", f"PruneGrad (keep {result.info['keep']:g})"],

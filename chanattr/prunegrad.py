@@ -3,15 +3,27 @@ Features"): the input gradient of the target through the network pruned to its m
 important neurons.
 
 1. Score every hidden neuron (an element of an activation, or a whole channel) by its
-   first-order Taylor importance |a * dy/da| for the target y.
-2. Keep the most important fraction ``keep`` (over all hooked layers at once, or per layer)
-   and zero the rest through forward hooks.
+   first-order Taylor importance for the target y (Molchanov et al.'s criterion, on which the
+   paper builds): ``criterion="abs"`` (default, the paper's: the neurons "whose removal
+   minimally affects the output" are pruned) scores |a dy/da|, the estimated size of the
+   change in y if the neuron were removed, whichever its sign; ``"signed"`` scores a dy/da and
+   keeps the neurons that support the target (those whose removal would lower y).
+2. Keep the most important fraction ``keep`` and zero the rest through forward hooks:
+   ``scope="global"`` ranks all hooked layers' neurons together (one threshold, so layers keep
+   very different fractions: ``result.kept_fraction`` reports them), ``scope="layer"`` keeps
+   the fraction ``keep`` of every layer.
 3. The attribution is the input gradient of y through that pruned network, reduced over the
-   colour channels by max |.|.
+   colour channels by max |.|. ``result.pruned_logit`` / ``pruned_probability`` say whether
+   the pruned network still predicts the target.
 
-Written from the paper. Hooked by default: every activation module (ReLU, ReLU6, SiLU,
-GELU, and their kin); a module that runs several times in a forward pass is hooked at each
-run. Batched: each image has its own target, its own scores and its own pruned network.
+Written from the paper. Hooked by default: the output of every module of a neuron
+activation type (``NEURON_TYPES``, matched by class name, so timm's and Hugging Face's own
+GELU / SiLU classes count); not gates (the sigmoid of squeeze-excitation), not activations
+called as functions in a forward (``F.relu``: no module to hook; give the modules after which
+to prune instead). Choose others by name (``layers=``) or by type (``layer_types=``);
+``result.info["layers"]`` lists what was pruned. A module that runs several times in a
+forward pass is hooked at each run. Batched: each image has its own target, its own scores
+and its own pruned network.
 """
 
 from __future__ import annotations
@@ -27,29 +39,42 @@ from .errors import ChanattrError
 from .hooks import LayerHooks, frozen, get_layer, list_layers
 from .pixel import as_targets, check_batch
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Mish, nn.Tanh,
-               nn.Sigmoid, nn.Hardtanh)
+#: Activation types whose outputs are neurons (class names: torch's, timm's, Hugging Face's).
+NEURON_TYPES = ("ReLU", "ReLU6", "SiLU", "Swish", "GELU", "GELUTanh", "QuickGELU", "GELUActivation",
+                "NewGELUActivation", "FastGELUActivation", "LeakyReLU", "ELU", "CELU", "SELU", "Hardswish",
+                "HardSwish", "Mish", "Softplus")
+CRITERIA = ("abs", "signed")
 GRANULARITIES = ("neuron", "channel")
 SCOPES = ("global", "layer")
 
 
-def activation_layers(model: nn.Module) -> list[str]:
-    """Names of the model's activation modules, in definition order."""
-    return [name for name, m in model.named_modules() if name and isinstance(m, ACTIVATIONS)]
+def activation_layers(model: nn.Module, types: Sequence[str | type] = NEURON_TYPES) -> list[str]:
+    """Names of the model's modules of the given activation ``types`` (classes, or class names
+    matched against each module's class and its bases), in definition order."""
+    names = {t if isinstance(t, str) else t.__name__ for t in types}
+    return [name for name, m in model.named_modules()
+            if name and any(c.__name__ in names for c in type(m).__mro__[:-1])]
 
 
 @dataclass
 class PruneGradResult:
     """``saliency``: N x H x W, max over colour channels of |input gradient| through the
-    pruned network. ``gradient``: N x 3 x H x W. ``kept``: for each hooked site (a layer name,
+    pruned network. ``gradient``: N x C x H x W. ``kept``: for each hooked site (a layer name,
     with ``#k`` for its k-th run when it runs several times), N x C: the fraction of each
-    channel's neurons kept (0 or 1 with ``granularity="channel"``)."""
+    channel's neurons kept (0 or 1 with ``granularity="channel"``). ``kept_fraction``: per site,
+    N: the fraction of its neurons kept. ``logit`` / ``probability``: N, the target's in the
+    whole network; ``pruned_logit`` / ``pruned_probability``: the same in the pruned network."""
 
     saliency: torch.Tensor
     gradient: torch.Tensor
     targets: torch.Tensor
     kept: dict[str, torch.Tensor]
     info: dict = field(default_factory=dict)
+    kept_fraction: dict[str, torch.Tensor] = field(default_factory=dict)
+    logit: torch.Tensor | None = None
+    probability: torch.Tensor | None = None
+    pruned_logit: torch.Tensor | None = None
+    pruned_probability: torch.Tensor | None = None
 
     def kept_counts(self) -> dict[str, list[int]]:
         """Per site and image: the number of channels with at least one neuron kept."""
@@ -70,7 +95,9 @@ def _sites(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[tuple[s
             continue  # did not run for this input
         sites.extend((name, k) for k in range(calls[name]))
     if not sites:
-        raise ChanattrError("none of the layers to prune ran in the forward pass: give layers=[...]")
+        raise ChanattrError("none of the modules to prune ran in the forward pass (activations called as "
+                            "functions, F.relu, have no module to hook): name the modules to prune with "
+                            "layers=[...] in Python or --layers on the command line")
     return sites
 
 
@@ -122,13 +149,22 @@ def prunegrad(
     granularity: str = "neuron",
     scope: str = "global",
     layers: Sequence[str] | None = None,
+    criterion: str = "abs",
+    layer_types: Sequence[str | type] | None = None,
 ) -> PruneGradResult:
-    """PruneGrad saliency for N images (``x``: N x 3 x H x W, the model's normalised input).
+    """PruneGrad saliency for N images (``x``: N x C x H x W, the model's normalised input).
 
     ``keep``: fraction of neurons (or channels) kept, in (0, 1]; ``keep=1`` gives the plain
-    input gradient. ``layers``: the modules to prune (default: every activation module).
-    The model runs in eval mode and is left as found."""
+    input gradient. ``criterion``: ``"abs"`` (the paper's, |a dy/da|) or ``"signed"`` (a dy/da:
+    only neurons supporting the target). ``scope``: ``"global"`` (one threshold over all
+    layers) or ``"layer"`` (``keep`` of each layer). ``layers``: the modules to prune by name;
+    ``layer_types``: by type (default ``NEURON_TYPES``). The model runs in eval mode and is
+    left as found."""
     x = check_batch(x)
+    if criterion not in CRITERIA:
+        raise ChanattrError(f"unknown criterion {criterion!r}: use abs (the paper's) or signed")
+    if layers is not None and layer_types is not None:
+        raise ChanattrError("give the modules to prune by name (layers) or by type (layer_types), not both")
     if not 0 < keep <= 1:
         raise ChanattrError(f"keep {keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")
     if granularity not in GRANULARITIES:
@@ -136,7 +172,12 @@ def prunegrad(
     if scope not in SCOPES:
         raise ChanattrError(f"unknown scope {scope!r}: use global or layer")
     targets = as_targets(target, x.shape[0], x.device)
-    names = list(layers) if layers is not None else activation_layers(model)
+    names = list(layers) if layers is not None else activation_layers(model, layer_types or NEURON_TYPES)
+    if not names:
+        kinds = ", ".join(str(t if isinstance(t, str) else t.__name__) for t in (layer_types or NEURON_TYPES)[:6])
+        raise ChanattrError(f"the model has no module of type {kinds}, ... (activations called as functions, "
+                            f"F.relu, have no module to hook): name the modules to prune with layers=[...] "
+                            f"(--layers) or give layer_types=[...] (--layer-types)")
     for name in names:
         get_layer(model, name)
     with frozen(model):
@@ -153,6 +194,7 @@ def prunegrad(
             acts = [hooks[s][s[0]] for s in sites]
             y = logits.gather(1, targets[:, None]).sum()
             grads = torch.autograd.grad(y, acts)
+        full_logits = logits.detach()
         scores = []
         for a, g in zip(acts, grads):
             if a.dim() < 2:
@@ -160,7 +202,7 @@ def prunegrad(
             contrib = (a * g).detach()
             if granularity == "channel" and contrib.dim() > 2:
                 contrib = contrib.flatten(2).sum(2)
-            scores.append(contrib.abs())
+            scores.append(contrib.abs() if criterion == "abs" else contrib)
         del acts, grads, logits
         # 2. keep the most important
         masks = _keep_masks(scores, keep, scope)
@@ -178,16 +220,32 @@ def prunegrad(
         xi = x.detach().clone().requires_grad_(True)
         with ExitStack() as stack:
             _hooks(model, sites, edits, stack)
-            y = model(xi).gather(1, targets[:, None]).sum()
+            pruned_logits = model(xi)
+            y = pruned_logits.gather(1, targets[:, None]).sum()
             (gradient,) = torch.autograd.grad(y, xi)
-    kept = {}
+        pruned_logits = pruned_logits.detach()
+    kept, fractions = {}, {}
     for (name, call), m in zip(sites, masks):
         frac = m.float() if m.dim() == 2 else m.flatten(2).float().mean(2)
-        kept[_site_name(name, call, calls[name])] = frac.cpu()
+        site = _site_name(name, call, calls[name])
+        kept[site] = frac.cpu()
+        fractions[site] = m.flatten(1).float().mean(1).cpu()
+
+    def read(logits):
+        return (logits.gather(1, targets[:, None])[:, 0].float().cpu(),
+                logits.float().softmax(1).gather(1, targets[:, None])[:, 0].cpu())
+
+    (logit, prob), (pruned, pruned_prob) = read(full_logits), read(pruned_logits)
     return PruneGradResult(
         saliency=gradient.abs().amax(1).detach(),
         gradient=gradient.detach(),
         targets=targets.cpu(),
         kept=kept,
-        info={"keep": keep, "granularity": granularity, "scope": scope, "sites": len(sites)},
+        info={"keep": keep, "granularity": granularity, "scope": scope, "criterion": criterion,
+              "sites": len(sites), "layers": names},
+        kept_fraction=fractions,
+        logit=logit,
+        probability=prob,
+        pruned_logit=pruned,
+        pruned_probability=pruned_prob,
     )

@@ -168,3 +168,21 @@ def random_conv() -> nn.Module:
     command line's --seed (``--model tests/models_gt.py:random_conv``)."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+class ReusedActNet(nn.Module):
+    """Two ReLUs, the last one a module used twice in the forward pass (``act2``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        a = self.act1(self.conv1(x))
+        b = self.act2(self.conv2(a))
+        return self.fc(self.act2(b - 0.1).mean((2, 3)))

@@ -175,3 +175,18 @@ def test_load_model_seed_gives_the_same_network():
     spec = f"{HERE / 'models_gt.py'}:random_conv"
     a, b, c = (load_model(spec, input_size=16, seed=s) for s in (3, 3, 4))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_prunegrad_writes_channels_when_the_last_module_runs_twice(run_cli, tmp_path):
+    """The last pruned module runs twice: channels.npz comes from the last module that runs once
+    (it was not written at all), and the summary reports the pruned network's own logit and the
+    kept fraction of every pruned site."""
+    model = ["--model", f"{HERE / 'models_gt.py'}:ReusedActNet", "--input-size", "16"]
+    code, _, err = run_cli("prunegrad", "chelsea", *model, "--keep", "0.3", "--out", tmp_path)
+    assert code == 0, err
+    assert np.load(tmp_path / "channels.npz")["layer"].item() == "act1"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["channel_attribution"]["layer"] == "act1"
+    assert set(summary["kept_fraction_per_layer"]) == {"act1", "act2#0", "act2#1"}
+    assert summary["criterion"] == "abs" and summary["pruned_layers"] == ["act1", "act2"]
+    assert isinstance(summary["pruned_target_logit"], float) and 0 <= summary["pruned_target_probability"] <= 1

@@ -101,3 +101,68 @@ def test_activation_layers_and_explicit_layers():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ChanattrError, match=match):
         prunegrad(PlantedResNet().eval(), textured(16), 0, **kwargs)
+
+
+def test_signed_criterion_keeps_only_supporting_neurons():
+    """Tiny: a = (1, 2, 3), dy0/da = (1, 1, -1): a dy/da = (1, 2, -3). abs keeps the third (it
+    suppresses class 0: |-3| is the largest); signed keeps the second, which supports it."""
+    model = Tiny().eval()
+    x = torch.tensor([1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+    assert prunegrad(model, x, 0, keep=1 / 3).kept["act"].tolist() == [[0.0, 0.0, 1.0]]
+    r = prunegrad(model, x, 0, keep=1 / 3, criterion="signed")
+    assert r.kept["act"].tolist() == [[0.0, 1.0, 0.0]]
+    assert r.gradient.flatten().tolist() == [0.0, 2.0, 0.0]
+    # the pruned networks' own target logits: abs leaves -a3 = -3, signed a2 = 2 (whole network: 0)
+    assert prunegrad(model, x, 0, keep=1 / 3).pruned_logit.tolist() == [-3.0]
+    assert r.pruned_logit.tolist() == [2.0] and r.logit.tolist() == [0.0]
+    assert r.info["criterion"] == "signed" and float(r.kept_fraction["act"]) == pytest.approx(1 / 3)
+    with pytest.raises(ChanattrError, match="criterion"):
+        prunegrad(model, x, 0, criterion="relu")
+
+
+def test_default_layers_by_type_name_skip_gates_and_refuse_functional_only():
+    class OwnGELU(nn.Module):  # timm and Hugging Face ship their own GELU classes
+        def forward(self, x):
+            return torch.nn.functional.gelu(x)
+
+    OwnGELU.__name__ = "GELU"
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.act = OwnGELU()
+            self.gate = nn.Sigmoid()  # squeeze-excitation's gate: not a neuron
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            a = self.act(self.conv(x))
+            return self.fc((a * self.gate(a.mean((2, 3), keepdim=True))).mean((2, 3)))
+
+    model = Gated().eval()
+    x = torch.randn(1, 3, 4, 4)
+    r = prunegrad(model, x, 0, keep=0.5)
+    assert r.info["layers"] == ["act"] and set(r.kept) == {"act"}
+    assert prunegrad(model, x, 0, keep=0.5, layer_types=["Sigmoid"]).info["layers"] == ["gate"]
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x)).mean((2, 3))
+
+    with pytest.raises(ChanattrError, match="called as functions.*--layers"):
+        prunegrad(Functional().eval(), x, 0)
+    assert prunegrad(Functional().eval(), x, 0, layers=["conv"]).info["layers"] == ["conv"]
+
+
+def test_global_scope_reports_kept_fraction_per_layer():
+    model = PlantedResNet().eval()
+    r = prunegrad(model, textured(16, 2), 0, keep=0.15)
+    layer = prunegrad(model, textured(16, 2), 0, keep=0.15, scope="layer")
+    assert set(r.kept_fraction) == {"block.relu", "block.out"}
+    assert all(f.shape == (2,) for f in r.kept_fraction.values())
+    for f in layer.kept_fraction.values():
+        assert torch.allclose(f, torch.full((2,), 0.15), atol=0.01)
