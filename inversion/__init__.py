@@ -9,7 +9,7 @@
 
 from .figures import plot_channel_grid, plot_inversion_grid, plot_inversions
 from .invert import InversionResult, InversionSettings, channel_mask, invert
-from .objectives import alpha_norm, feature_loss, total_variation
+from .objectives import alpha_norm, feature_loss, natural_prior, total_variation
 from .param import fourier_image, lucent_device, pixel_image
 from .visualize import Visualisation, visualize_channels
 
@@ -18,6 +18,7 @@ __all__ = [
     "InversionSettings",
     "Visualisation",
     "alpha_norm",
+    "natural_prior",
     "channel_mask",
     "feature_loss",
     "fourier_image",

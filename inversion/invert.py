@@ -20,7 +20,7 @@ from chanattr.hooks import frozen
 from chanattr.models import Preprocessing
 from chanattr.split import layer_function
 
-from .objectives import alpha_norm, feature_loss, total_variation
+from .objectives import LAMBDA_ALPHA, LAMBDA_TV, feature_loss, natural_prior
 from .param import lucent_device, make_image
 from .transforms import identity, robustness
 
@@ -54,7 +54,9 @@ def channel_mask(channels, num_channels: int, device=None, *, kind: str = "auto"
         raise ChanattrError(f"unknown kind {kind!r}: use auto, indices or mask")
     t = torch.as_tensor(channels)
     if kind == "auto":
-        if t.dtype == torch.bool or t.dtype.is_floating_point:
+        if t.numel() == 0:  # an empty list: no indices
+            kind = "indices"
+        elif t.dtype == torch.bool or t.dtype.is_floating_point:
             kind = "mask"
         elif t.dim() == 1 and t.numel() == num_channels and num_channels > 2 and bool(((t == 0) | (t == 1)).all()):
             raise ChanattrError(f"{num_channels} zeros and ones could be a mask or channel indices: "
@@ -81,18 +83,22 @@ def channel_mask(channels, num_channels: int, device=None, *, kind: str = "auto"
 @dataclass
 class InversionSettings:
     """``param``: ``"fourier"`` (Lucent's decorrelated Fourier image) or ``"pixel"``.
-    ``transforms``: Lucent's jitter / scale / rotate at each step. Regulariser weights apply
-    to the normalised alpha-norm and total variation (``inversion.objectives``)."""
+    ``transforms``: Lucent's jitter / scale / rotate at each step, drawn once and applied to
+    the candidate and the original alike (``align_transforms``; off: the original's features
+    are read untransformed, which compares misaligned maps). ``lambda_alpha`` / ``lambda_tv``:
+    Mahendran and Vedaldi's regulariser weights (``inversion.objectives.natural_prior``; their
+    TV weight is 1, 10 or 100 for early, middle or late layers: 10 here), 0 turns one off."""
 
     param: str = "fourier"
     iterations: int = 300
     lr: float = 0.05
     transforms: bool = True
+    align_transforms: bool = True
     jitter: int = 4
     scale: float = 0.05
     rotate: int = 5
-    alpha_weight: float = 1e-3
-    tv_weight: float = 5e-3
+    lambda_alpha: float = LAMBDA_ALPHA
+    lambda_tv: float = LAMBDA_TV["middle"]
 
 
 @dataclass
@@ -156,14 +162,22 @@ def invert(
         history = []
         bar = tqdm(total=settings.iterations, desc=f"inverting {layer}", disable=not show_progress(progress),
                    leave=False)
+        original = preprocessing.denormalize(x0).clamp(0, 1)
+        aligned = settings.transforms and settings.align_transforms
+        n = x0.shape[0]
         for _ in range(settings.iterations):
             rgb = image.image()
-            seen = jitter(rgb)
-            loss = feature_loss(phi(preprocessing.normalize(seen)), target, mask)
-            if settings.alpha_weight:
-                loss = loss + settings.alpha_weight * alpha_norm(rgb)
-            if settings.tv_weight:
-                loss = loss + settings.tv_weight * total_variation(rgb)
+            if aligned:  # one draw of the transforms for the candidate and the original alike
+                both = jitter(torch.cat([rgb, original]))
+                seen = both[:n]
+                with torch.no_grad():
+                    goal = phi(preprocessing.normalize(both[n:]))
+            else:
+                seen, goal = jitter(rgb), target
+            loss = feature_loss(phi(preprocessing.normalize(seen)), goal, mask)
+            if settings.lambda_alpha or settings.lambda_tv:
+                loss = loss + natural_prior(rgb, original, preprocessing.mean, lambda_alpha=settings.lambda_alpha,
+                                            lambda_tv=settings.lambda_tv)
             optimiser.zero_grad(set_to_none=True)
             loss.sum().backward()
             optimiser.step()

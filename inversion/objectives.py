@@ -5,18 +5,23 @@ Feature inversion (Mahendran and Vedaldi, CVPR 2015), restricted to a channel ma
 
     || m * (phi(x) - phi(x0)) ||^2 / || m * phi(x0) ||^2  +  regularisers
 
-Regularisers on [0, 255]-scale pixels, normalised as in Mahendran and Vedaldi so that a
-natural image scores about 1: the alpha-norm ``mean(|x - mean| / B)^alpha`` (alpha = 6,
-B = 80) and total variation ``mean(((dx^2 + dy^2) / V^2)^(beta / 2))`` (beta = 2,
-V = B / 6.5).
+Regularisers as Mahendran and Vedaldi weigh them (their CVPR 2015 code, deep-goggle): on
+[0, 255]-scale pixels with the data mean subtracted (the mean the model's normalisation
+subtracts), the alpha-norm sum |x|^alpha (alpha = 6, weight lambda_alpha = 8e-10) and the
+total variation sum (dx^2 + dy^2)^(beta / 2) (beta = 2, weight lambda_tv = 1 for early, 10
+for middle, 100 for late layers), each halved and divided by ||x0||^2, the squared norm of
+a (mean-subtracted) natural image: theirs is a constant measured on a dataset, ours the
+original image's own, as the feature term is divided by ||m phi(x0)||^2.
 """
 
 from __future__ import annotations
 
 import torch
 
-B_RANGE = 80.0  # typical deviation of a [0, 255] pixel from the mean (Mahendran and Vedaldi)
-V_RANGE = B_RANGE / 6.5  # typical difference of neighbouring pixels
+#: Mahendran and Vedaldi's weights (CVPR 2015 code): the alpha-norm's, and the TV's for early,
+#: middle and late layers.
+LAMBDA_ALPHA = 8e-10
+LAMBDA_TV = {"early": 1.0, "middle": 10.0, "late": 100.0}
 
 
 def channel_weights(mask: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
@@ -33,18 +38,40 @@ def feature_loss(activation: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     return num / den
 
 
-def alpha_norm(images: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
-    """Per image: mean over pixels of (|x - mean| / B)^alpha, x on the [0, 255] scale."""
-    x = 255.0 * (images - images.mean(dim=(2, 3), keepdim=True))
-    return ((x.abs() / B_RANGE) ** alpha).flatten(1).mean(1)
+def _centred(images: torch.Tensor, mean) -> torch.Tensor:
+    """B x C x H x W in [0, 1] -> [0, 255] scale with the data ``mean`` (C values in [0, 1]) removed."""
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return 255.0 * (images - m)
+
+
+def alpha_norm(images: torch.Tensor, mean, alpha: float = 6.0) -> torch.Tensor:
+    """Per image: sum over pixels and colours of |x - mean|^alpha, on the [0, 255] scale
+    (``mean``: the data mean, C values in [0, 1])."""
+    return (_centred(images, mean).abs() ** alpha).flatten(1).sum(1)
 
 
 def total_variation(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """Per image: mean over pixels of ((dx^2 + dy^2) / V^2)^(beta / 2), x on the [0, 255] scale."""
+    """Per image: sum over pixels and colours of (dx^2 + dy^2)^(beta / 2), on the [0, 255] scale
+    (forward differences; none past the last row and column)."""
     x = 255.0 * images
-    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return (((dx**2 + dy**2) / V_RANGE**2) ** (beta / 2)).flatten(1).mean(1)
+    dx = torch.zeros_like(x)
+    dy = torch.zeros_like(x)
+    dx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
+    dy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
+    return ((dx**2 + dy**2).clamp(min=1e-12) ** (beta / 2)).flatten(1).sum(1)
+
+
+def natural_prior(images: torch.Tensor, original: torch.Tensor, mean, *, lambda_alpha: float = LAMBDA_ALPHA,
+                  alpha: float = 6.0, lambda_tv: float = LAMBDA_TV["middle"], beta: float = 2.0) -> torch.Tensor:
+    """Mahendran and Vedaldi's regulariser, per image: (lambda_alpha / 2 alpha_norm + lambda_tv / 2
+    total_variation) / ||original - mean||^2 (images and original: B x C x H x W in [0, 1])."""
+    energy = (_centred(original, mean) ** 2).flatten(1).sum(1).clamp(min=1e-12)
+    out = torch.zeros(images.shape[0], device=images.device, dtype=images.dtype)
+    if lambda_alpha:
+        out = out + lambda_alpha / 2 * alpha_norm(images, mean, alpha)
+    if lambda_tv:
+        out = out + lambda_tv / 2 * total_variation(images, beta)
+    return out / energy
 
 
 def channel_activation(activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:

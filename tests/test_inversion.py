@@ -7,7 +7,7 @@ from inversion import InversionSettings, feature_loss, invert, plot_channel_grid
 from inversion.invert import channel_mask
 
 SMALL = Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the bundled model on a 64 px crop
-EXACT = dict(transforms=False, alpha_weight=0.0, tv_weight=0.0, lr=0.05)
+EXACT = dict(transforms=False, lambda_alpha=0.0, lambda_tv=0.0, lr=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,80 @@ def test_channel_mask_says_which_meaning():
     assert channel_mask([0.0, 0.5, 1.0, 0.0], 4).tolist() == [0, 0.5, 1, 0]
     with pytest.raises(ChanattrError, match="in \\[0, 1\\]"):
         channel_mask([0.0, 2.0, 1.0, 0.0], 4)
+
+
+def test_natural_prior_is_mahendran_and_vedaldis_formula():
+    """(lambda_alpha / 2 sum |x - m|^6 + lambda_tv / 2 sum (dx^2 + dy^2)) / ||x0 - m||^2 on the
+    [0, 255] scale, m the data mean (not the image's own: an image uniformly at another grey
+    than the data mean pays the alpha-norm; it paid nothing before)."""
+    from inversion import alpha_norm, natural_prior, total_variation
+
+    mean = (0.5, 0.5, 0.5)
+    grey = torch.full((1, 3, 4, 4), 0.6)
+    assert float(alpha_norm(grey, mean)) == pytest.approx(48 * (0.1 * 255) ** 6, rel=1e-5)
+    assert float(total_variation(grey)) == pytest.approx(0.0, abs=1e-3)
+    ramp = torch.linspace(0, 1, 4).view(1, 1, 1, 4).expand(1, 3, 4, 4)  # steps of 255 / 3 along x
+    assert float(total_variation(ramp)) == pytest.approx(3 * 4 * 3 * 85.0**2, rel=1e-4)
+    x0 = torch.rand(1, 3, 4, 4)
+    energy = float(((255 * (x0 - 0.5)) ** 2).sum())
+    expected = (8e-10 / 2 * float(alpha_norm(ramp, mean)) + 10 / 2 * float(total_variation(ramp))) / energy
+    assert float(natural_prior(ramp, x0, mean)) == pytest.approx(expected, rel=1e-5)
+    assert float(natural_prior(ramp, x0, mean, lambda_alpha=0, lambda_tv=0)) == 0
+
+
+def test_transforms_are_applied_to_the_original_alike(lite0, chelsea64, monkeypatch):
+    """Each step draws one transform and applies it to the candidate and the original: the
+    feature target of a step is the transformed original's (it was the untransformed one).
+    Checked by recording what the layer sees: with the candidate set to the original itself,
+    every step's loss is 0 when aligned."""
+    import importlib
+
+    inv = importlib.import_module("inversion.invert")  # the module (the package exports a function of that name)
+    losses = []
+    real = inv.feature_loss
+
+    def spy(a, t, m):
+        out = real(a, t, m)
+        losses.append(float(out.detach().max()))
+        return out
+
+    monkeypatch.setattr(inv, "feature_loss", spy)
+
+    class Original:  # a "parameterisation" that is the original photo, fixed
+        params = [torch.zeros(1, requires_grad=True)]
+
+        def image(self):
+            return (SMALL.denormalize(chelsea64.input[None]) + 0 * self.params[0]).clamp(0, 1)
+
+        def after_step(self):
+            pass
+
+    monkeypatch.setattr(inv, "make_image", lambda *a, **k: Original())
+    kw = dict(param="pixel", iterations=4, lambda_alpha=0.0, lambda_tv=0.0, jitter=8, rotate=10)
+    invert(lite0.model, chelsea64.input[None], "blocks.1", [0, 1, 2], SMALL,
+           settings=InversionSettings(**kw), progress=False)
+    assert max(losses[:4]) < 1e-6
+    losses.clear()
+    invert(lite0.model, chelsea64.input[None], "blocks.1", [0, 1, 2], SMALL,
+           settings=InversionSettings(align_transforms=False, **kw), progress=False)
+    assert max(losses[:4]) > 1e-2  # the transformed photo against the untransformed original
+
+
+def test_fourier_default_settings_match_the_selected_channels(lite0, chelsea64):
+    """The README's setting (Lucent's Fourier image, transforms aligned, Mahendran and Vedaldi's
+    regularisers): the selected channels end far closer to the original's than where it starts."""
+    from inversion.param import make_image
+
+    x = chelsea64.input[None]
+    subset = list(range(0, 16))
+    r = invert(lite0.model, x, "blocks.1", subset, SMALL, iterations=60, progress=False)
+    with capture(lite0.model, "blocks.1", detach=True) as ref:
+        lite0.model(x)
+    torch.manual_seed(0)
+    start = make_image("fourier", tuple(x.shape), x.device).image().detach()
+    with capture(lite0.model, "blocks.1", detach=True) as acts:
+        lite0.model(SMALL.normalize(start))
+    sel = channel_mask(subset, ref["blocks.1"].shape[1])[None]
+    err_start = feature_loss(acts["blocks.1"], ref["blocks.1"], sel).sqrt().item()
+    assert r.info["param"] == "fourier"
+    assert r.relative_error.item() < 0.6 * err_start
