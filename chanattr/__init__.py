@@ -13,7 +13,7 @@ The public API, re-exported here:
 
 __version__ = "0.1.0"
 
-from .errors import ChanattrError, LayerNotFoundError
+from .errors import ChanattrError, ChanattrWarning, LayerNotFoundError
 from .hooks import LayerHooks, LayerInfo, capture, edit, frozen, get_layer, layer_names, list_layers, model_state, preserved
 from .images import SAMPLES, PreparedImage, load_image, prepare_image, prepare_images
 from .models import LoadedModel, Preprocessing, load_model
@@ -39,6 +39,7 @@ __all__ = [
     "prunegrad",
     "saliency",
     "ChanattrError",
+    "ChanattrWarning",
     "LayerHooks",
     "LayerInfo",
     "LayerNotFoundError",

@@ -23,10 +23,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", metavar="PATH", help="a local state-dict file for the model")
     g.add_argument("--random-weights", action="store_true", help="use random weights (no pretrained weights)")
     g.add_argument("--input-size", type=int, metavar="N", help="side of the square input in pixels (default 224)")
-    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean (default ImageNet's)")
-    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std (default ImageNet's)")
+    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="normalisation mean: R G B, or one value for a greyscale (one-channel) model (default ImageNet's)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S",
+                   help="normalisation std: R G B, or one value for a greyscale model (default ImageNet's)")
     g.add_argument("--labels", metavar="FILE", help="class names, one a line (default: indices)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds --random-weights (the same seed, the same network; recorded in summary.json) and, "
                         "for invert and visualize, the starting image; the attribution methods are deterministic "
@@ -59,6 +62,13 @@ def _check_device(device: str) -> None:
         raise ChanattrError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ChanattrError(f"device {device!r} asked for, but no CUDA GPU is available here: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ChanattrError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                            f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ChanattrError(f"device {device!r} asked for, but Apple's MPS is not available here: use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ChanattrError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
 def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None]):
@@ -115,7 +125,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     lm = model_from_args(args)
     size = lm.preprocessing.input_size
-    infos = list_layers(lm.model, torch.zeros(1, 3, size, size, device=lm.device), leaves_only=args.leaves)
+    infos = list_layers(lm.model, torch.zeros(1, lm.preprocessing.channels, size, size, device=lm.device),
+                        leaves_only=args.leaves)
     if args.json:
         print(json.dumps([{"name": i.name, "type": i.kind, "shape": i.shape, "channels": i.channels,
                            "calls": i.calls} for i in infos]))
@@ -126,7 +137,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         shape = "x".join(str(s) for s in i.shape[1:]) if i.shape else "(not a tensor)"
         calls = f"  (runs {i.calls}x)" if i.calls > 1 else ""
         print(f"{i.name:<{width}}  {i.kind:<22} {shape:<20} {i.channels if i.channels else '-'}{calls}")
-    print(f"({len(infos)} layers; input 3x{size}x{size})")
+    print(f"({len(infos)} layers; input {lm.preprocessing.channels}x{size}x{size})")
     return 0
 
 
@@ -198,6 +209,32 @@ def _prepare_images(args, files: Sequence[str]):
     return lm, images, dirs, x, targets
 
 
+def _warn_if_unresponsive(lm, x, targets, command: str, space=None) -> None:
+    """Warn when an image's target output is the same whole and fully removed (the whole image
+    blurred, or every channel at the baseline): its explanation would be arbitrary."""
+    import torch
+
+    from .errors import ChanattrWarning
+
+    with torch.no_grad():
+        full = lm.model(x).gather(1, targets[:, None])[:, 0]
+        if space is not None:
+            idx = torch.arange(x.shape[0], device=x.device)
+            none = space.target_scores(torch.zeros(x.shape[0], space.num_channels, device=x.device), idx, targets)
+            what = f"every channel of {space.layer} at the baseline"
+        else:
+            from .evaluation import extremal_score
+
+            none = extremal_score(lm.model, x, torch.zeros(x.shape[0], 1, *x.shape[-2:], device=x.device), targets,
+                                  [1e-9])[:, 0]
+            what = "the whole image blurred"
+    for i, (a, b) in enumerate(zip(full.cpu().tolist(), none.cpu().tolist())):
+        if abs(a - b) <= 1e-6 * max(1.0, abs(a)):
+            warnings.warn(f"image {i + 1}: the target output is {a:.4g} for the image and for {what}: the model "
+                          f"does not respond to it here (untrained or constant head?), so any mask scores the same "
+                          f"and the {command} result says nothing", ChanattrWarning)
+
+
 def _setup_explain(p: argparse.ArgumentParser) -> None:
     add_run_args(p, areas=(0.05, 0.1, 0.2))
     p.add_argument("--perturbation", choices=["blur", "fade"], default="blur",
@@ -217,6 +254,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     files = ("masks.npz", "summary.json", "explain.png")
     lm, images, dirs, x, targets = _prepare_run(args, files)
+    _warn_if_unresponsive(lm, x, targets, "explain")
     step = max(1, args.batch_images)
     for start in range(0, len(images), step):
         sl = slice(start, start + step)
@@ -252,6 +290,7 @@ def cmd_channels(args: argparse.Namespace) -> int:
     with frozen(lm.model):
         space = ChannelSpace(lm.model, x, args.layer, baseline=args.baseline,
                              split="full" if args.full_path else "auto")
+        _warn_if_unresponsive(lm, x, targets, "channels", space)
         result = channel_extremal_perturbation(
             lm.model, x, targets, args.layer, args.areas, variant=args.variant, reward=args.reward,
             iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False, space=space,
@@ -402,6 +441,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        value = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default {value})"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line: what is wrong and where to look."""
 
@@ -418,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chanattr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, fn in COMMANDS.items():
-        p = sub.add_parser(name, help=fn.command_help, description=fn.command_help[0].upper() + fn.command_help[1:] + ".")
+        p = sub.add_parser(name, help=fn.command_help, description=fn.command_help[0].upper() + fn.command_help[1:] + ".",
+                           formatter_class=_Formatter)
         fn.command_setup(p)
         p.set_defaults(func=fn)
     return parser
@@ -432,15 +483,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _one_line_warnings(args.command)
     retain_freed_memory()  # our own process: no page faults on every iteration's buffers
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            print(f"chanattr {args.command}: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .outputs import remove_empty_created
+
     try:
         return int(args.func(args) or 0)
     except ChanattrError as e:
+        remove_empty_created()
         print(f"chanattr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_empty_created()
         print(f"chanattr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        remove_empty_created()
+        raise
+
+
+def _one_line_warnings(command: str) -> None:
+    """Show chanattr's own warnings as one line on stderr: ``chanattr CMD: warning: ...``."""
+    from .errors import ChanattrWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ChanattrWarning):
+            print(f"chanattr {command}: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

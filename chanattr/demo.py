@@ -32,7 +32,8 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
     from .pixel import extremal_perturbation
 
     root = output_dir(out, ("report.html",), overwrite)
-    dirs = {k: output_dir(root / k, files, overwrite) for k, files in (
+    # leftovers of a demo that did not finish (no report.html) are replaced without asking
+    dirs = {k: output_dir(root / k, files, True) for k, files in (
         ("explain", ("masks.npz", "summary.json", "explain.png")),
         ("channels", ("channels.npz", "summary.json", "channels.png")),
         ("invert", ("inversions.npz", "inversion.png", "summary.json")))}

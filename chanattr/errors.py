@@ -13,3 +13,8 @@ class LayerNotFoundError(ChanattrError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ChanattrWarning(UserWarning):
+    """Something the user should know that does not stop the run (an upscaled image, a target
+    output that does not respond). The command line prints it on one line."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ChanattrError
 from .models import Preprocessing
@@ -21,13 +21,16 @@ SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
 class PreparedImage:
     """One image ready for a model.
 
-    ``input``: 3 x S x S float32, exactly what the model is given (normalised).
-    ``rgb``: 3 x S x S float32 in [0, 1], the same crop before normalisation (for figures).
+    ``input``: C x S x S float32, exactly what the model is given (normalised; C = 3, or 1 for
+    a greyscale model's preprocessing).
+    ``rgb``: C x S x S float32 in [0, 1], the same crop before normalisation (for figures).
+    ``original_size``: (width, height) of the photo as loaded (after its EXIF orientation).
     """
 
     name: str
     input: torch.Tensor
     rgb: torch.Tensor
+    original_size: tuple[int, int] = (0, 0)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -49,7 +52,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(source: str | os.PathLike) -> Image.Image:
-    """An RGB PIL image from a file path or a sample name (see ``SAMPLES``)."""
+    """An RGB PIL image from a file path or a sample name (see ``SAMPLES``), turned upright by
+    its EXIF orientation."""
     text = str(source)
     if text in SAMPLES and not Path(text).exists():
         from skimage import data
@@ -63,7 +67,7 @@ def load_image(source: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img))  # phone photos: upright, as they are shown
     except UnidentifiedImageError:
         raise ChanattrError(f"{path} is not an image file PIL can read") from None
     except OSError as e:
@@ -93,9 +97,19 @@ def prepare_image(source: str | os.PathLike | Image.Image, preprocessing: Prepro
         img, name = _to_rgb(source), "image"
     else:
         img, name = load_image(source), Path(str(source)).stem or str(source)
+    if min(img.size) < preprocessing.input_size:
+        import warnings
+
+        from .errors import ChanattrWarning
+
+        warnings.warn(f"{name} is {img.size[0]} x {img.size[1]} px: upscaled to the model's "
+                      f"{preprocessing.input_size} px input (fine detail there is interpolated)", ChanattrWarning)
     crop = crop_to_square(img, preprocessing.input_size)
-    rgb = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-    return PreparedImage(name=name, input=preprocessing.normalize(rgb), rgb=rgb)
+    if preprocessing.channels == 1:
+        crop = crop.convert("L")
+    a = np.asarray(crop, dtype=np.float32) / 255.0
+    rgb = torch.from_numpy(a[..., None] if a.ndim == 2 else a).permute(2, 0, 1).contiguous()
+    return PreparedImage(name=name, input=preprocessing.normalize(rgb), rgb=rgb, original_size=img.size)
 
 
 def prepare_images(sources, preprocessing: Preprocessing) -> list[PreparedImage]:

@@ -37,15 +37,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model wants its input: RGB in [0, 1], square ``input_size`` crop, then
-    ``(x - mean) / std`` per channel."""
+    """How a model wants its input: RGB (or, with one mean and std, greyscale) in [0, 1],
+    square ``input_size`` crop, then ``(x - mean) / std`` per channel."""
 
     input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 3 (RGB) or 1 (greyscale), from the length of ``mean``."""
+        return len(self.mean)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
+        c = self.channels
+        shape = (c, 1, 1) if x.dim() == 3 else (1, c, 1, 1)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
         return mean, std
@@ -270,6 +276,17 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
     return Preprocessing(int(size), mean, std)  # type: ignore[arg-type]
 
 
+def _check_input_size(model: nn.Module, pre: Preprocessing) -> None:
+    """One forward pass at the asked size; a model that cannot take it gets a one-line error."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
+    except Exception as e:  # the model's own message names the size it wants
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ChanattrError(f"the model does not take {pre.channels} x {pre.input_size} x {pre.input_size} inputs "
+                            f"({first[:160]}): give the --input-size (and --mean/--std) it was built for") from None
+
+
 def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
     """Number of classes: ``num_classes``, the last ``nn.Linear``, or one forward pass."""
     n = getattr(model, "num_classes", None)
@@ -279,7 +296,7 @@ def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
         if isinstance(module, nn.Linear):
             return module.out_features
     with torch.no_grad():
-        out = model.eval()(torch.zeros(1, 3, pre.input_size, pre.input_size))
+        out = model.eval()(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ChanattrError("the model must return a tensor of N x classes scores (logits)")
     return int(out.shape[1])
@@ -354,13 +371,15 @@ def _load_model(name, weights, random_weights, input_size, mean, std, labels, de
         tuple(float(v) for v in mean) if mean is not None else pre.mean,  # type: ignore[arg-type]
         tuple(float(v) for v in std) if std is not None else pre.std,  # type: ignore[arg-type]
     )
-    if len(pre.mean) != 3 or len(pre.std) != 3:
-        raise ChanattrError("--mean and --std take three numbers each (R G B)")
+    if len(pre.mean) not in (1, 3) or len(pre.std) != len(pre.mean):
+        raise ChanattrError("--mean and --std take three numbers each (R G B), or one each for a greyscale model")
     if any(s <= 0 for s in pre.std):
         raise ChanattrError("--std values must be positive")
     if pre.input_size < 8:
         raise ChanattrError(f"--input-size {pre.input_size} is too small (give pixels, e.g. 224)")
 
+    if input_size is not None:  # a model built for one size (a ViT's patch grid) refuses others: say so now
+        _check_input_size(model, pre)
     n_out = _num_outputs(model, pre)
     if labels is not None:
         classes = read_labels(labels)

@@ -23,8 +23,28 @@ def output_dir(path: str | Path, files: Iterable[str], overwrite: bool = False) 
     clash = [f for f in files if (p / f).exists()]
     if clash and not overwrite:
         raise ChanattrError(f"{p / clash[0]} already exists: pass --overwrite to replace it, or give another --out")
-    p.mkdir(parents=True, exist_ok=True)
+    missing = [q for q in [p, *p.parents] if not q.exists()]
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ChanattrError(f"cannot create the output folder {p}: {e.strerror or e}: give another --out") from None
+    CREATED.extend(reversed(missing))  # parents first
     return p
+
+
+#: Folders that ``output_dir`` created in this process (parents first): the command line
+#: removes those still empty when a run fails, so a failed run leaves nothing behind.
+CREATED: list[Path] = []
+
+
+def remove_empty_created() -> None:
+    """Remove the folders ``output_dir`` created that are still empty (deepest first)."""
+    for folder in reversed(CREATED):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+    CREATED.clear()
 
 
 def input_digest(x: torch.Tensor) -> str:
@@ -159,7 +179,7 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
     write_json(folder / "summary.json", summary)
     fig = plot_explain(image.rgb, binary, areas, seen, title=f"{image.name}: {lm.class_name(target)} ({target})",
                        rewards=scores.tolist(), curve=curve, full_score=full,
-                       variant=result.variant)
+                       variant=result.variant, perturbation=result.info["perturbation"])
     fig.savefig(folder / "explain.png", dpi=150)
     import matplotlib.pyplot as plt
 
@@ -212,7 +232,8 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
                   target=np.int64(target), layer=np.array(result.info["layer"]))
         write_json(folder / "summary.json", summary)
         fig = plot_channels(result.masks[i], result.areas.tolist(), curves.to_dict(i),
-                            title=f"{images[i].name}: {lm.class_name(target)} ({target}) at {result.info['layer']}")
+                            title=f"{images[i].name}: {lm.class_name(target)} ({target}) at {result.info['layer']}",
+                            variant=result.variant)
         fig.savefig(folder / "channels.png", dpi=150)
         plt.close(fig)
         summaries.append(summary)

@@ -30,6 +30,10 @@ def to_image(t: torch.Tensor | np.ndarray) -> np.ndarray:
     a = t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 1:  # one-channel (greyscale) models: shown grey
+        a = np.repeat(a, 3, axis=-1)
     return np.clip(a, 0, 1)
 
 
@@ -57,6 +61,7 @@ def plot_explain(
     curve: tuple[Sequence[float], Sequence[float]] | None = None,
     full_score: float | None = None,
     variant: str = "preserve",
+    perturbation: str = "blur",
 ):
     """The photo; each mask over it (top row) and the input the model saw (bottom row);
     and the area curve (best score found against area) when given. ``rewards``: the score
@@ -87,7 +92,8 @@ def plot_explain(
             _off(ax)
             ax = fig.add_subplot(grid[1, i + 1])
             ax.imshow(to_image(perturbed[i]))
-            ax.set_title("kept (rest blurred)" if variant != "delete" else "region removed")
+            removed = {"blur": "blurred", "fade": "faded"}.get(perturbation, "removed")
+            ax.set_title(f"kept (rest {removed})" if variant != "delete" else f"region {removed}")
             _off(ax)
         if curve is not None:
             ax = fig.add_subplot(grid[:, -1])
@@ -110,9 +116,11 @@ def plot_channels(
     *,
     title: str = "",
     top: int = 40,
+    variant: str = "preserve",
 ):
     """Channel mask values as sorted bars (one row per area, the ``top`` highest labelled by
     channel index), and the channel curve (score with the top-k channels kept / removed).
+    ``variant``: the masks' variant -- with ``delete`` the channels found are the removed ones.
 
     ``masks``: K x C in [0, 1]; ``curve``: ``ChannelCurve.to_dict()``."""
     k, c = masks.shape
@@ -130,7 +138,8 @@ def plot_channels(
             ax.set_xticklabels([str(j) for j in order], rotation=90, fontsize=6)
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("mask")
-            ax.set_title(f"area {areas[i]:.3g}: top {len(order)} of {c} channels (dark: the {kept} kept)")
+            found = "removed" if variant == "delete" else "kept"
+            ax.set_title(f"area {areas[i]:.3g}: top {len(order)} of {c} channels (dark: the {kept} {found})")
         if curve is not None:
             ax = fig.add_subplot(grid[:, 1])
             ax.plot(curve["k"], curve["kept"], "-", lw=1.4, color="#1f4e79", label="only top-k kept")

@@ -5,8 +5,8 @@
 - ``fourier_image``: Lucent's decorrelated Fourier parameterisation (torch-lucent's
   ``fft_image`` and colour decorrelation), squashed into [0, 1] by a sigmoid.
 
-Both return an ``ImageParam``: ``params`` to optimise and ``image()`` giving N x 3 x H x W
-RGB in [0, 1] on the requested device. Lucent's own module-level ``cuda:0`` device is
+Both return an ``ImageParam``: ``params`` to optimise and ``image()`` giving N x C x H x W
+images in [0, 1] (C = 3, RGB, or 1 for greyscale models) on the requested device. Lucent's own module-level ``cuda:0`` device is
 replaced by that device (``lucent_device``), so it never leaks into this API.
 """
 
@@ -66,6 +66,7 @@ def fourier_image(shape: tuple[int, int, int, int], device, sd: float = 0.01, de
     with lucent_device(device):
         params, spectrum_image = fft_image(shape, sd=sd)
     colors = torch.tensor(color_correlation_normalized.T, device=device)
+    decorrelate = decorrelate and shape[1] == 3  # colour decorrelation is for RGB; one channel: plain
 
     def image() -> torch.Tensor:
         t = spectrum_image()

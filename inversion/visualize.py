@@ -65,7 +65,7 @@ def visualize_channels(
     start = time.perf_counter()
     images, reached = [], []
     with frozen(model), seeded(seed, device), lucent_device(device):
-        example = torch.zeros(1, 3, size, size, device=device)
+        example = torch.zeros(1, preprocessing.channels, size, size, device=device)
         phi, path = layer_function(model, layer, example)
         with torch.no_grad():
             c = phi(example).shape[1]
@@ -77,7 +77,7 @@ def visualize_channels(
         bar = tqdm(total=total, desc=f"visualising {layer}", disable=not show_progress(progress), leave=False)
         for s in range(0, len(channels), batch_size):
             chunk = torch.tensor(channels[s : s + batch_size], device=device)
-            image = make_image(param, (len(chunk), 3, size, size), device)
+            image = make_image(param, (len(chunk), preprocessing.channels, size, size), device)
             optimiser = torch.optim.Adam(image.params, lr=lr)
             for _ in range(iterations):
                 seen = transform(image.image())

@@ -186,3 +186,28 @@ class ReusedActNet(nn.Module):
         a = self.act1(self.conv1(x))
         b = self.act2(self.conv2(a))
         return self.fc(self.act2(b - 0.1).mean((2, 3)))
+
+
+def grey_net() -> nn.Module:
+    """A one-channel (greyscale) classifier, 28 x 28 like Fashion-MNIST's
+    (``--model tests/models_gt.py:grey_net --input-size 28 --mean 0.5 --std 0.5``)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def constant_net() -> nn.Module:
+    """A head that ignores its input (all logits 0), like a random ViT head with zeroed weights."""
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    return Constant()
