@@ -70,3 +70,23 @@ def test_saliency_refuses_an_option_the_method_does_not_take(tiny):
     with pytest.raises(ChanattrError, match="gradient takes no option 'layer'"):
         saliency("gradient", tiny, x, 0, layer="conv")
     assert saliency("integrated_gradients", tiny, x, 0, steps=4).shape == (1, 16, 16)
+
+
+def test_gradcam_equals_a_hand_computation(tiny):
+    """Grad-CAM at features.3: ReLU(sum_c w_c A_c), w_c the spatial mean of dy/dA_c, upsampled
+    bilinearly to the input -- computed here with plain autograd."""
+    import torch.nn.functional as F
+
+    from chanattr import capture
+
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([1, 3])
+    ours = saliency("gradcam", tiny, x, targets, layer="features.3")
+    with capture(tiny, "features.3") as acts:
+        y = tiny(x).gather(1, targets[:, None]).sum()
+    a = acts["features.3"]
+    (g,) = torch.autograd.grad(y, a)
+    cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    hand = F.interpolate(cam, size=(16, 16), mode="bilinear", align_corners=False)[:, 0].detach()
+    assert ours.shape == (2, 16, 16) and float(hand.abs().max()) > 0
+    assert torch.allclose(ours, hand, atol=1e-5)
