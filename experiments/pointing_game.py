@@ -11,8 +11,10 @@ classes of the hit rate, with a 95 % bootstrap interval (pairs resampled).
     python experiments/pointing_game.py                 # every method, every pair
     python experiments/pointing_game.py --methods gradcam centre --limit 20
 
-Results are cached per (image, class, method) under ``--cache``, so an interrupted run
-resumes; ``--fresh`` recomputes. Extremal perturbation uses the paper's COCO areas
+Results are cached per (image, class, method) under ``--cache``, keyed by the method's
+settings, the code version (a hash of the modules it runs) and the library versions, so an
+interrupted run resumes and a changed setting or code is never served from the cache;
+``--fresh`` recomputes. Extremal perturbation uses the paper's COCO areas
 (0.018, 0.025, 0.05, 0.1) and the toolkit's default schedule unless ``--extremal-iterations``.
 """
 
@@ -36,12 +38,25 @@ from chanattr.evaluation import PointingGame, extremal_score, max_point, pointin
 from chanattr.extremal import Schedule, binary_masks
 from chanattr.pixel import extremal_perturbation, saliency_map
 
-from _common import add_device_args, model_on_device
+from _common import add_device_args, code_version, library_versions, model_on_device, settings_key
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = default_coco_root()
 ORDER = ["extremal", "gradcam", "rise", "prunegrad", "integrated_gradients", "gradient", "gradient_x_input",
          "guided_backprop", "centre"]
+
+
+#: the modules the methods and the scoring run (their hash keys every cached result)
+CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
+        "chanattr/baselines.py", "chanattr/prunegrad.py", "chanattr/coco.py", "chanattr/images.py",
+        "chanattr/evaluation/pointing.py", "chanattr/evaluation/extremal_score.py"]
+
+
+def cache_key(method: str, args) -> str:
+    """Every setting a method's cached result depends on, the code version and the library versions."""
+    return settings_key({"method": method, "kwargs": repr(method_kwargs(method, args)), "tolerance": args.tolerance,
+                         "score_area": args.score_area, "device": str(args.device), "code": code_version(CODE),
+                         "versions": library_versions()})
 
 
 def method_kwargs(method: str, args) -> dict:
@@ -98,7 +113,7 @@ def disagreement(results: dict[str, list[dict]], a: str = "extremal", b: str = "
 
 
 def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple,
-                       blurred_logit=None) -> str:
+                       blurred_logit=None, key: str = "") -> str:
     """Box accuracy of other maps made from the same cached extremal masks: each area's binary
     mask alone (smoothed like the saliency), and TorchRay's benchmark map (the plain sum of the
     soft masks), next to the toolkit's saliency (the smoothed sum of the binary masks)."""
@@ -109,7 +124,7 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
     games = {n: PointingGame(tolerance) for n in names}
     rewards, blurred = [], []
     for im, c in pairs:
-        f = cache / f"{im.name}-{c.replace(' ', '_')}-extremal.npz"
+        f = cache / f"{im.name}-{c.replace(' ', '_')}-extremal-{key}.npz"
         if not f.exists():
             continue
         d = np.load(f)
@@ -173,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = pairs[: args.limit]
     cache = args.cache / data.root.name
     cache.mkdir(parents=True, exist_ok=True)
+    keys = {m: cache_key(m, args) for m in args.methods}  # results of other settings or code are not used
 
     # group pairs by image so that one image's classes share a batch (and RISE's forward passes)
     by_image: dict[str, list[str]] = {}
@@ -184,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         im = data[name]
         x = truth = None
         for method in args.methods:
-            paths = [cache / f"{name}-{c.replace(' ', '_')}-{method}.json" for c in classes]
+            paths = [cache / f"{name}-{c.replace(' ', '_')}-{method}-{keys[method]}.json" for c in classes]
             if args.cached_only or (all(p.exists() for p in paths) and not args.fresh):
                 results[method] += [json.loads(p.read_text()) if p.exists() else None for p in paths]
                 bar.update(len(classes))
@@ -259,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             return float(extremal_score(model, x, torch.zeros(1, 1, size, size), target, 0.0)[0, 0])
 
         print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"],
-                                 blurred_logit))
+                                 blurred_logit, keys["extremal"]))
     print(f"\n{args.data.name}: {len(pairs)} (image, class) pairs scored, {len({im.name for im, _ in pairs})} photos, "
           f"{len({c for _, c in pairs})} classes; {skipped} mapped pairs left out because the object lies outside "
           f"the centre crop; tolerance {args.tolerance:g} px at {size} px; device {device}, "
