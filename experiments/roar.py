@@ -36,7 +36,11 @@ from tqdm import tqdm
 from chanattr import saliency
 from chanattr.evaluation import roar
 
+from _common import append_record, code_version, library_versions, read_records, settings_key
+
 DATA = Path("/usr/share/datasets/fashion-mnist")
+HERE = Path(__file__).resolve().parent
+CODE = ["experiments/roar.py", "chanattr/evaluation/roar.py", "chanattr/baselines.py", "chanattr/prunegrad.py"]
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 METHODS = ["random", "gradient", "gradient_x_input", "integrated_gradients", "guided_backprop", "gradcam", "prunegrad"]
@@ -109,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill", choices=["mean", "background"], default="mean",
                     help="what a removed pixel becomes: the dataset mean (Hooker et al.) or the background (black)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="one retraining per seed in every cell; the table gives mean and sd over them")
+    ap.add_argument("--log", type=Path, default=HERE / "results" / "roar.jsonl",
+                    help="per (method, fraction, seed) accuracies, keyed by every setting and the code: "
+                         "a rerun skips what is there")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,28 +131,65 @@ def main(argv: list[str] | None = None) -> int:
     base_acc = accuracy(base, x_te, y_te)
     print(f"roar: base model test accuracy {base_acc:.3f}", file=sys.stderr, flush=True)
 
-    def train_and_test(a: torch.Tensor, b: torch.Tensor) -> float:
-        return accuracy(train(a, y_tr, args.epochs), b, y_te)
-
-    table = {}
+    key = settings_key({"train": args.train, "test": args.test, "epochs": args.epochs, "fill": args.fill,
+                        "code": code_version(CODE), "versions": library_versions()})
+    rows, stale = read_records(args.log, {key})
+    done = {(r["method"], r["fraction"], r["seed"]): r["accuracy"] for r in rows}
     with torch.no_grad():
         p_tr = torch.cat([base(b).argmax(1) for b in x_tr.split(1000)])
         p_te = torch.cat([base(b).argmax(1) for b in x_te.split(1000)])
     for method in tqdm(args.methods, desc="roar"):
+        todo = [(f, s) for f in args.fractions for s in args.seeds if (method, f, s) not in done]
+        if not todo:
+            continue
         s_tr, s_te = attribute(method, base, x_tr, p_tr), attribute(method, base, x_te, p_te)
-        table[method] = roar(train_and_test, x_tr, s_tr, x_te, s_te, args.fractions, fill=fill)
-        print(f"roar: {method} {table[method]}", file=sys.stderr, flush=True)
-    lines = ["| method | " + " | ".join(f"{100 * f:g} % removed" for f in args.fractions) + " | mean |",
-             "|---|" + "---|" * (len(args.fractions) + 1)]
-    for method, accs in table.items():
-        vals = list(accs.values())
-        lines.append(f"| {method} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + f" | {100 * np.mean(vals):.1f} |")
-    print("\n".join(lines))
-    print(f"\nTest accuracy (%) after retraining; lower = the removed pixels mattered more. No pixels removed: "
+        for seed in args.seeds:
+            fractions = [f for f, s in todo if s == seed]
+            if not fractions:
+                continue
+
+            def train_and_test(a: torch.Tensor, b: torch.Tensor, seed: int = seed) -> float:
+                return accuracy(train(a, y_tr, args.epochs, seed=seed), b, y_te)
+
+            for f, acc in roar(train_and_test, x_tr, s_tr, x_te, s_te, fractions, fill=fill).items():
+                done[(method, f, seed)] = acc
+                append_record(args.log, {"key": key, "method": method, "fraction": f, "seed": seed, "accuracy": acc})
+            print(f"roar: {method} seed {seed} done", file=sys.stderr, flush=True)
+    print(report(done, args.methods, args.fractions, args.seeds))
+    print(f"\nTest accuracy (%) after retraining, mean and sd over {len(args.seeds)} retrainings (seeds "
+          f"{', '.join(map(str, args.seeds))}) per cell; lower = the removed pixels mattered more. No pixels removed: "
           f"{100 * base_acc:.1f} %. {args.train} training / {args.test} test images of Fashion-MNIST, "
           f"{args.epochs} epochs per training, removed pixels set to the {'dataset mean' if args.fill == 'mean' else 'background (black)'}, target = the base model's prediction; "
-          f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} thread(s).")
+          f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} thread(s)"
+          + (f"; {stale} logged results of other settings or code not used" if stale else "") + ".")
     return 0
+
+
+def report(done: dict, methods, fractions, seeds) -> str:
+    """Mean (sd) per cell, and which methods differ from random by more than their spread."""
+    lines = ["| method | " + " | ".join(f"{100 * f:g} % removed" for f in fractions) + " | mean |",
+             "|---|" + "---|" * (len(fractions) + 1)]
+    means = {}
+    for method in methods:
+        cells, per_seed = [], []
+        for f in fractions:
+            vals = [done[(method, f, s)] for s in seeds if (method, f, s) in done]
+            cells.append(f"{100 * np.mean(vals):.1f} ({100 * np.std(vals):.1f})" if vals else "-")
+        for s in seeds:
+            vals = [done[(method, f, s)] for f in fractions if (method, f, s) in done]
+            if len(vals) == len(fractions):
+                per_seed.append(np.mean(vals))
+        if per_seed:
+            means[method] = (np.mean(per_seed), np.std(per_seed))
+        overall = f"{100 * means[method][0]:.1f} ({100 * means[method][1]:.1f})" if method in means else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {overall} |")
+    if "random" in means:
+        r, rs = means["random"]
+        apart = [m for m, (v, s) in means.items() if m != "random" and abs(v - r) > s + rs]
+        lines.append("")
+        lines.append("Mean over the fractions differs from the random ranking by more than the two spreads (sd over "
+                     "seeds) added: " + (", ".join(apart) if apart else "none") + ".")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
