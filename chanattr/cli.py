@@ -135,7 +135,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     print(f"{'layer':<{width}}  {'type':<22} {'output shape':<20} channels")
     for i in infos:
         shape = "x".join(str(s) for s in i.shape[1:]) if i.shape else "(not a tensor)"
-        calls = f"  (runs {i.calls}x)" if i.calls > 1 else ""
+        calls = f"  (runs {i.calls}x: {i.name}#0 .. {i.name}#{i.calls - 1})" if i.calls > 1 else ""
         print(f"{i.name:<{width}}  {i.kind:<22} {shape:<20} {i.channels if i.channels else '-'}{calls}")
     print(f"({len(infos)} layers; input {lm.preprocessing.channels}x{size}x{size})")
     return 0

@@ -29,11 +29,24 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def parse_site(name: str) -> tuple[str, int | None]:
+    """``"blocks.2#1"`` -> ``("blocks.2", 1)``: a module and which of its runs in one forward
+    pass (0-based); ``"blocks.2"`` -> ``("blocks.2", None)``."""
+    if "#" in name:
+        base, _, k = name.rpartition("#")
+        if k.isdigit():
+            return base, int(k)
+        raise LayerNotFoundError(f"{name!r}: after '#' give which run of the module, 0, 1, ... (e.g. {base}#0)")
+    return name, None
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called ``name`` (dotted, e.g. ``layer3.1.conv2``).
+    """The sub-module called ``name`` (dotted, e.g. ``layer3.1.conv2``; ``NAME#k`` names the
+    module too, at its k-th run in a forward pass).
 
     Raises ``LayerNotFoundError`` naming the closest layer names.
     """
+    name, _ = parse_site(name)
     modules = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
@@ -106,7 +119,8 @@ class LayerHooks:
     - ``detach=True`` stores detached copies (no graph kept alive). Otherwise the stored
       tensor is part of the graph, so ``torch.autograd.grad(y, hooks[name])`` works.
     - A module that runs more than once in one forward pass is refused unless ``call`` says
-      which run (0-based) to hook; the count restarts with every call of ``model``.
+      which run (0-based) to hook, or its name does (``NAME#k``); the count restarts with every
+      call of ``model``.
 
     Stored outputs are protected from in-place operations downstream (``nn.ReLU(inplace=True)``):
     the network continues with a copy.
@@ -142,15 +156,18 @@ class LayerHooks:
 
     def _make_hook(self, name: str):
         fn = self.edits[name]
+        call = parse_site(name)[1]
+        call = self.call if call is None else call
 
         def hook(_module, _inputs, output):
             index = self._calls.get(name, 0)
             self._calls[name] = index + 1
-            if self.call is None and index > 0:
+            if call is None and index > 0:
                 raise ChanattrError(
-                    f"layer {name!r} runs more than once in a forward pass; say which run to hook with call=0, 1, ..."
+                    f"layer {name!r} runs more than once in a forward pass: name the run, {name}#0, {name}#1, ... "
+                    f"(call=k in Python)"
                 )
-            if self.call is not None and index != self.call:
+            if call is not None and index != call:
                 return None
             if not isinstance(output, torch.Tensor):
                 raise ChanattrError(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .hooks import get_layer
+from .hooks import get_layer, parse_site
 
 
 class _Tracer(fx.Tracer):
@@ -125,6 +125,8 @@ def split_at(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[Split
     ``example``: an input batch used to check that the split computes what the model does.
     """
     get_layer(model, layer)  # a clear error for an unknown name
+    if "#" in layer:
+        return None, f"{layer!r} names one run of a module that runs several times: full forward passes"
     try:
         split = _build(model, layer)
         with torch.no_grad():
@@ -157,11 +159,16 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
     if split is not None:
         return (lambda x: split.prefix(x)[0]), "split"
     module = get_layer(model, layer)
+    call = parse_site(layer)[1] or 0  # NAME#k: the k-th run
 
     def run(x: torch.Tensor) -> torch.Tensor:
         store = {}
+        seen = [0]
 
         def hook(_m, _i, output):
+            seen[0] += 1
+            if seen[0] <= call:
+                return None
             store["out"] = output
             raise _Stop
 

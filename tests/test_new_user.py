@@ -115,3 +115,20 @@ def test_unfinished_demo_is_resumed_without_overwrite(tmp_path, monkeypatch):
     (tmp_path / "report.html").write_text("done")
     with pytest.raises(ChanattrError, match="report.html already exists"):
         demo.run_demo(tmp_path)
+
+
+def test_a_module_run_twice_is_chosen_on_the_command_line(run_cli, tmp_path):
+    """The error named only the API's call=; NAME#k now names the run everywhere."""
+    twice = ["--model", f"{HERE / 'conftest.py'}:TwiceNet", "--input-size", "16", "--no-progress"]
+    code, _, err = run_cli("channels", "chelsea", *twice, "--layer", "conv", "--areas", "0.34", "--iterations", "2",
+                           "--out", tmp_path / "a")
+    assert code == 2 and "conv#0, conv#1" in err and err.count("\n") == 1
+    code, _, err = run_cli("channels", "chelsea", *twice, "--layer", "conv#1", "--areas", "0.34", "--iterations",
+                           "2", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["layer"] == "conv#1"
+    code, _, err = run_cli("invert", "chelsea", *twice, "--layer", "conv#1", "--from", tmp_path / "b",
+                           "--iterations", "2", "--param", "pixel", "--out", tmp_path / "c")
+    assert code == 0, err
+    code, out, _ = run_cli("layers", *twice[:-1])
+    assert "conv#0 .. conv#1" in out
