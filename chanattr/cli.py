@@ -415,6 +415,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         if not channels:
             raise ChanattrError("--channels is empty: give indices like 3,17,42")
     else:
+        from .outputs import check_provenance
+
+        check_provenance(args.from_dir, lm)
         found = read_channel_result(args.from_dir, args.layer)
         order = found["ranking"][: max(1, args.top)]
         channels = [int(c) for c in order]

@@ -63,8 +63,8 @@ def provenance(lm, x: torch.Tensor) -> dict:
             "input_sha1": input_digest(x[0] if x.dim() == 4 else x)}
 
 
-def check_provenance(folder: str | Path, lm, x: torch.Tensor) -> None:
-    """Refuse a result folder made with another network or another input than (``lm``, ``x``)."""
+def check_provenance(folder: str | Path, lm, x: torch.Tensor | None = None) -> None:
+    """Refuse a result folder made with another network (or, given ``x``, another input)."""
     path = Path(folder) / "summary.json"
     if not path.is_file():
         return
@@ -74,7 +74,7 @@ def check_provenance(folder: str | Path, lm, x: torch.Tensor) -> None:
             f"{folder} was made with another network ({saved.get('model')}, weights {saved.get('weights')}, random "
             f"{saved.get('random_weights')}, seed {saved.get('seed')}): give the same --model/--weights/"
             f"--random-weights/--seed, or drop --from")
-    if saved.get("input_sha1") not in (None, input_digest(x[0] if x.dim() == 4 else x)):
+    if x is not None and saved.get("input_sha1") not in (None, input_digest(x[0] if x.dim() == 4 else x)):
         raise ChanattrError(f"{folder} was made for another image ({saved.get('image')}) or input size: give the "
                             f"same image and --input-size/--mean/--std, or drop --from")
 

@@ -190,3 +190,13 @@ def test_prunegrad_writes_channels_when_the_last_module_runs_twice(run_cli, tmp_
     assert set(summary["kept_fraction_per_layer"]) == {"act1", "act2#0", "act2#1"}
     assert summary["criterion"] == "abs" and summary["pruned_layers"] == ["act1", "act2"]
     assert isinstance(summary["pruned_target_logit"], float) and 0 <= summary["pruned_target_probability"] <= 1
+
+
+def test_visualize_from_refuses_another_network(run_cli, tmp_path):
+    model = ["--model", f"{HERE / 'models_gt.py'}:random_conv", "--input-size", "16", "--no-progress"]
+    ch = tmp_path / "ch"
+    assert run_cli("channels", "chelsea", *model, "--seed", "1", "--layer", "2", "--areas", "0.25",
+                   "--iterations", "3", "--out", ch)[0] == 0
+    code, _, err = run_cli("visualize", *model, "--seed", "5", "--layer", "2", "--from", ch, "--iterations", "2",
+                           "--out", tmp_path / "v")
+    assert code == 2 and "another network" in err
