@@ -283,19 +283,17 @@ def _setup_channels(p: argparse.ArgumentParser) -> None:
 def cmd_channels(args: argparse.Namespace) -> int:
     from .channel import ChannelSpace, channel_extremal_perturbation
     from .outputs import write_channels
-    from .hooks import frozen
 
     files = ("channels.npz", "summary.json", "channels.png")
     lm, images, dirs, x, targets = _prepare_run(args, files)
-    with frozen(lm.model):
-        space = ChannelSpace(lm.model, x, args.layer, baseline=args.baseline,
-                             split="full" if args.full_path else "auto")
-        _warn_if_unresponsive(lm, x, targets, "channels", space)
-        result = channel_extremal_perturbation(
-            lm.model, x, targets, args.layer, args.areas, variant=args.variant, reward=args.reward,
-            iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False, space=space,
-        )
-        write_channels(dirs, lm, images, x, result, space)
+    # ChannelSpace and the optimiser run the model frozen themselves, and leave it as found
+    space = ChannelSpace(lm.model, x, args.layer, baseline=args.baseline, split="full" if args.full_path else "auto")
+    _warn_if_unresponsive(lm, x, targets, "channels", space)
+    result = channel_extremal_perturbation(
+        lm.model, x, targets, args.layer, args.areas, variant=args.variant, reward=args.reward,
+        iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False, space=space,
+    )
+    write_channels(dirs, lm, images, x, result, space)
     for img, folder, t in zip(images, dirs, targets.tolist()):
         print(f"{img.name}: target {t} ({lm.class_name(t)}), layer {args.layer} ({space.num_channels} channels, "
               f"{space.path} path), {result.iterations} iterations, {result.seconds:.1f} s -> {folder}")

@@ -26,7 +26,6 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
              channel_iterations: int = 300, invert_iterations: int = 200, progress: bool | None = None) -> Path:
     """Run the pipeline into ``out`` and return the path of ``report.html``."""
     from .channel import ChannelSpace, channel_extremal_perturbation
-    from .hooks import frozen
     from .images import prepare_image
     from .models import load_model
     from .pixel import extremal_perturbation
@@ -54,11 +53,10 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
     seconds["explain (pixels)"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    with frozen(lm.model):
-        space = ChannelSpace(lm.model, x, DEMO_LAYER, baseline="mean")
-        channel = channel_extremal_perturbation(lm.model, x, target, DEMO_LAYER, CHANNEL_AREAS,
-                                                iterations=channel_iterations, progress=progress, space=space)
-        (channels,) = write_channels([dirs["channels"]], lm, [img], x, channel, space)
+    space = ChannelSpace(lm.model, x, DEMO_LAYER, baseline="mean")  # runs the model frozen itself
+    channel = channel_extremal_perturbation(lm.model, x, target, DEMO_LAYER, CHANNEL_AREAS,
+                                            iterations=channel_iterations, progress=progress, space=space)
+    (channels,) = write_channels([dirs["channels"]], lm, [img], x, channel, space)
     seconds["channels (layer %s)" % DEMO_LAYER] = time.perf_counter() - t
 
     t = time.perf_counter()
