@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ChanattrError
+from .model_output import logits_model
 from .hooks import frozen, get_layer, list_layers
 from .pixel import as_targets, check_batch
 
@@ -164,16 +165,18 @@ def _options(method: str) -> list[str]:
         if fn is None:
             continue
         for p in list(inspect.signature(fn).parameters.values())[3:]:
-            if p.kind is not p.VAR_KEYWORD and p.name not in names and p.name != "progress":
+            if p.kind is not p.VAR_KEYWORD and p.name not in names and p.name not in ("progress", "output"):
                 names.append(p.name)
     return names
 
 
-def saliency(method: str, model: nn.Module, x: torch.Tensor, target, **kwargs) -> torch.Tensor:
+def saliency(method: str, model: nn.Module, x: torch.Tensor, target, *, output=None, **kwargs) -> torch.Tensor:
     """An N x H x W saliency map of ``method`` (one of ``METHODS``) for N images (the model's
     normalised input) and their targets. ``kwargs``: the method's options (e.g. ``steps`` for
     integrated gradients, ``layer`` for Grad-CAM); an option the method does not take is
-    refused. The model runs in eval mode and is left as found."""
+    refused. ``output``: which of the model's outputs holds the logits (an index, a key, a
+    callable: ``chanattr.model_output.select_output``). The model runs in eval mode and is left
+    as found."""
     if method not in METHODS:
         raise ChanattrError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     unknown = sorted(set(kwargs) - set(_options(method)))
@@ -182,5 +185,6 @@ def saliency(method: str, model: nn.Module, x: torch.Tensor, target, **kwargs) -
         raise ChanattrError(f"{method} takes no option {', '.join(map(repr, unknown))}: it takes {takes}")
     x = check_batch(x)
     targets = as_targets(target, x.shape[0], x.device)
+    model = logits_model(model, output)
     with frozen(model):
         return METHODS[method](model, x, targets, **kwargs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .channel import ChannelSpace
+from .units.space import ChannelSpace
 from .pixel import as_targets
 
 

@@ -281,7 +281,7 @@ def _setup_channels(p: argparse.ArgumentParser) -> None:
 
 @command("channels", "extremal perturbations over the channels of a layer", _setup_channels)
 def cmd_channels(args: argparse.Namespace) -> int:
-    from .channel import ChannelSpace, channel_extremal_perturbation
+    from .units.space import ChannelSpace, channel_extremal_perturbation
     from .outputs import write_channels
 
     files = ("channels.npz", "summary.json", "channels.png")

@@ -25,7 +25,7 @@ CHANNEL_AREAS = (0.02, 0.05, 0.1)
 def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: int = 200,
              channel_iterations: int = 300, invert_iterations: int = 200, progress: bool | None = None) -> Path:
     """Run the pipeline into ``out`` and return the path of ``report.html``."""
-    from .channel import ChannelSpace, channel_extremal_perturbation
+    from .units.space import ChannelSpace, channel_extremal_perturbation
     from .images import prepare_image
     from .models import load_model
     from .pixel import extremal_perturbation

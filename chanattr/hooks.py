@@ -31,13 +31,74 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def parse_site(name: str) -> tuple[str, int | None]:
     """``"blocks.2#1"`` -> ``("blocks.2", 1)``: a module and which of its runs in one forward
-    pass (0-based); ``"blocks.2"`` -> ``("blocks.2", None)``."""
+    pass (0-based); ``"blocks.2"`` -> ``("blocks.2", None)``. An element suffix (``:k``,
+    ``:key``, see ``parse_element``) is dropped."""
+    name = parse_element(name)[0]
     if "#" in name:
         base, _, k = name.rpartition("#")
         if k.isdigit():
             return base, int(k)
         raise LayerNotFoundError(f"{name!r}: after '#' give which run of the module, 0, 1, ... (e.g. {base}#0)")
     return name, None
+
+
+def parse_element(name: str) -> tuple[str, int | str | None]:
+    """``"encoder.layer.0.attention:0"`` -> ``("encoder.layer.0.attention", 0)``: which element of
+    a module's tuple output (``:k``) or dict / Hugging Face ``ModelOutput`` output (``:key``) a
+    site means; ``None`` (no suffix): the output itself, or its first tensor."""
+    if ":" not in name:
+        return name, None
+    base, _, element = name.rpartition(":")
+    if not element:
+        raise LayerNotFoundError(f"{name!r}: after ':' give an element of the layer's output, an index or a key")
+    return base, int(element) if element.isdigit() else element
+
+
+def get_element(output, element: int | str | None, name: str = "layer"):
+    """The tensor a site reads from a module's output: the output itself if it is a tensor
+    (and ``element`` is None), else element ``element`` of a tuple / list / dict /
+    ``ModelOutput``, or (``None``) its first tensor."""
+    if isinstance(output, torch.Tensor):
+        if element is None:
+            return output
+        raise ChanattrError(f"{name!r} returns a tensor, not a tuple or dict: drop the ':{element}' suffix")
+    if element is None:
+        values = list(output.values()) if isinstance(output, Mapping) else list(output) if isinstance(
+            output, (tuple, list)) else []
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                return v
+        raise ChanattrError(f"{name!r} returns {type(output).__name__} without a tensor: pick another layer")
+    try:
+        value = output[element]
+    except (KeyError, IndexError, TypeError):
+        have = list(output.keys()) if isinstance(output, Mapping) else list(range(len(output))) if isinstance(
+            output, (tuple, list)) else []
+        raise ChanattrError(f"{name!r} returns {type(output).__name__} with no element {element!r}: use one of "
+                            f"{', '.join(map(str, have)) or 'none'}") from None
+    if not isinstance(value, torch.Tensor):
+        raise ChanattrError(f"element {element!r} of {name!r} is {type(value).__name__}, not a tensor: pick another")
+    return value
+
+
+def set_element(output, element: int | str | None, value: torch.Tensor):
+    """``output`` with the element ``get_element`` reads replaced by ``value`` (a new tuple /
+    list; a shallow copy of a dict / ``ModelOutput``)."""
+    if isinstance(output, torch.Tensor):
+        return value
+    if element is None:
+        keys = list(output.keys()) if isinstance(output, Mapping) else range(len(output))
+        element = next(k for k in keys if isinstance(output[k], torch.Tensor))
+    if isinstance(output, Mapping):
+        import copy
+
+        out = copy.copy(output)
+        out[element] = value
+        return out
+    items = list(output)
+    items[element] = value
+    return type(output)(items) if isinstance(output, list) else tuple(items) if type(output) is tuple else type(
+        output)(*items)
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -66,6 +127,7 @@ class LayerInfo:
     kind: str  # the module's class name
     shape: tuple[int, ...] | None  # output shape, batch included; None if not a tensor
     calls: int  # times the module ran in one forward pass
+    container: str | None = None  # the output's type when not a tensor (``shape`` is its first tensor's)
 
     @property
     def channels(self) -> int | None:
@@ -85,8 +147,12 @@ def list_layers(model: nn.Module, x: torch.Tensor, *, leaves_only: bool = False)
         def hook(_module, _inputs, output):
             info = infos.get(name)
             if info is None:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-                infos[name] = LayerInfo(name, type(module).__name__, shape, 1)
+                try:
+                    shape = tuple(get_element(output, None, name).shape)
+                except ChanattrError:
+                    shape = None
+                container = None if isinstance(output, torch.Tensor) else type(output).__name__
+                infos[name] = LayerInfo(name, type(module).__name__, shape, 1, container)
             else:
                 info.calls += 1
 
@@ -121,6 +187,10 @@ class LayerHooks:
     - A module that runs more than once in one forward pass is refused unless ``call`` says
       which run (0-based) to hook, or its name does (``NAME#k``); the count restarts with every
       call of ``model``.
+    - A module that returns a tuple, dict or Hugging Face ``ModelOutput`` is read (and edited)
+      at its first tensor, or at the element its name gives (``NAME:k``, ``NAME:key``).
+    - ``port="input"``: the first positional input of the modules instead of their output
+      (a forward pre-hook), e.g. the input of an attention's output projection.
 
     Stored outputs are protected from in-place operations downstream (``nn.ReLU(inplace=True)``):
     the network continues with a copy.
@@ -134,7 +204,10 @@ class LayerHooks:
         store: bool = True,
         detach: bool = False,
         call: int | None = None,
+        port: str = "output",
     ) -> None:
+        if port not in ("output", "input"):
+            raise ChanattrError(f"unknown port {port!r}: use output or input")
         if isinstance(layers, str):
             layers = {layers: None}
         elif not isinstance(layers, Mapping):
@@ -145,6 +218,7 @@ class LayerHooks:
         self.store = store
         self.detach = detach
         self.call = call
+        self.port = port
         self.outputs: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         self._handles: list = []
@@ -158,8 +232,20 @@ class LayerHooks:
         fn = self.edits[name]
         call = parse_site(name)[1]
         call = self.call if call is None else call
+        element = parse_element(name)[1]
 
-        def hook(_module, _inputs, output):
+        def hook(_module, inputs, output=None):
+            if self.port == "input":  # a pre-hook: edit the first positional input
+                if not inputs or not isinstance(inputs[0], torch.Tensor):
+                    raise ChanattrError(f"layer {name!r} has no tensor input to hook")
+                new = tensor_hook(inputs[0])
+                return None if new is None else (new, *inputs[1:])
+            if isinstance(output, torch.Tensor) and element is None:
+                return tensor_hook(output)
+            new = tensor_hook(get_element(output, element, name))
+            return None if new is None else set_element(output, element, new)
+
+        def tensor_hook(output):
             index = self._calls.get(name, 0)
             self._calls[name] = index + 1
             if call is None and index > 0:
@@ -169,10 +255,6 @@ class LayerHooks:
                 )
             if call is not None and index != call:
                 return None
-            if not isinstance(output, torch.Tensor):
-                raise ChanattrError(
-                    f"layer {name!r} returns {type(output).__name__}, not a tensor: pick a layer with a tensor output"
-                )
             out = fn(output) if fn is not None else output
             if not self.store:
                 return out if fn is not None else None
@@ -191,7 +273,9 @@ class LayerHooks:
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._reset))
             for name, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+                hook = self._make_hook(name)
+                self._handles.append(module.register_forward_pre_hook(hook) if self.port == "input" else
+                                     module.register_forward_hook(hook))
         except BaseException:
             self.remove()
             raise

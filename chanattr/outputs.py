@@ -191,7 +191,7 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
     """``channels.npz``, ``summary.json`` and ``channels.png`` for every image of a channel result."""
     import matplotlib.pyplot as plt
 
-    from .channel import channel_curve
+    from .units.space import channel_curve
     from .plotting import plot_channels
 
     n, k, c = result.masks.shape
@@ -275,7 +275,7 @@ def salient_channels(lm, x: torch.Tensor, layer: str, choice: str, from_dir: str
     if choice == "all":
         return None, "all channels"
     if choice == "auto":
-        from .channel import channel_extremal_perturbation
+        from .units.space import channel_extremal_perturbation
 
         with torch.no_grad():
             target = int(lm.model(x).argmax(1)[0])
@@ -350,7 +350,7 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
     ``plain``: the plain input-gradient map of the same image (H x W), for the figure."""
     import matplotlib.pyplot as plt
 
-    from .channel import ChannelSpace, channel_curve
+    from .units.space import ChannelSpace, channel_curve
     from .plotting import plot_saliency_maps
 
     target = int(result.targets[index])

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
+from .model_output import OutputSpec, logits_model
 from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule
 from .hooks import frozen
 from .perturbations import gaussian_blur, make_perturbation
@@ -206,6 +207,7 @@ def extremal_perturbation(
     sigma: float | None = None,
     max_blur: float | None = None,
     area_margin: float = 0.0,
+    output: OutputSpec = None,
     seed: int = 0,
     progress: bool | None = None,
 ) -> PixelResult:
@@ -216,8 +218,10 @@ def extremal_perturbation(
     the smooth mask's form. ``schedule`` replaces the preset's schedule; ``iterations``
     overrides its iteration count (the most iterations; ``fast`` stops earlier once the masks
     settle). ``area_margin``: pixels of frame around the image that the area constraint also
-    counts (0: the visible image; TorchRay: sigma, 21 px at 224 px). The model runs in eval
-    mode and is left as found. Returns a ``PixelResult`` with masks N x K x H x W in [0, 1] on
+    counts (0: the visible image; TorchRay: sigma, 21 px at 224 px). ``output``: which of the
+    model's outputs holds the logits (``chanattr.model_output.select_output``: an index, a key,
+    a callable; default the tensor itself, or ``logits``). The model runs in eval mode and is
+    left as found. Returns a ``PixelResult`` with masks N x K x H x W in [0, 1] on
     ``x``'s device.
     """
     x = check_batch(x)
@@ -228,7 +232,7 @@ def extremal_perturbation(
         schedule = _with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
-        space = PixelSpace(model, x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
+        space = PixelSpace(logits_model(model, output), x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
                            mask_form=preset, area_margin=area_margin)
         params, out = optimise(
             space, targets, areas, variant=variant, reward_kind=reward, schedule=schedule,

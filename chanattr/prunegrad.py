@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
+from .model_output import OutputSpec, logits_model
 from .hooks import LayerHooks, frozen, get_layer, list_layers
 from .pixel import as_targets, check_batch
 
@@ -151,6 +152,7 @@ def prunegrad(
     layers: Sequence[str] | None = None,
     criterion: str = "abs",
     layer_types: Sequence[str | type] | None = None,
+    output: OutputSpec = None,
 ) -> PruneGradResult:
     """PruneGrad saliency for N images (``x``: N x C x H x W, the model's normalised input).
 
@@ -158,9 +160,11 @@ def prunegrad(
     input gradient. ``criterion``: ``"abs"`` (the paper's, |a dy/da|) or ``"signed"`` (a dy/da:
     only neurons supporting the target). ``scope``: ``"global"`` (one threshold over all
     layers) or ``"layer"`` (``keep`` of each layer). ``layers``: the modules to prune by name;
-    ``layer_types``: by type (default ``NEURON_TYPES``). The model runs in eval mode and is
-    left as found."""
+    ``layer_types``: by type (default ``NEURON_TYPES``). ``output``: which of the model's outputs
+    holds the logits (``chanattr.model_output.select_output``). The model runs in eval mode and
+    is left as found."""
     x = check_batch(x)
+    model = logits_model(model, output)
     if criterion not in CRITERIA:
         raise ChanattrError(f"unknown criterion {criterion!r}: use abs (the paper's) or signed")
     if layers is not None and layer_types is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .hooks import get_layer, parse_site
+from .hooks import get_element, get_layer, parse_element, parse_site
 
 
 class _Tracer(fx.Tracer):
@@ -72,14 +72,41 @@ def _descendants(graph: fx.Graph, start: fx.Node) -> set[fx.Node]:
     return found
 
 
+def _defaults_after_first(model: nn.Module) -> dict | None:
+    """The forward's optional arguments after the input (timm's ``attn_mask=None``, ...), fixed to
+    their defaults for tracing, so the traced graph has the one input the split needs."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    fixed = {p.name: p.default for p in params
+             if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return fixed or None
+
+
+def _drop_specialised(graph: fx.Graph) -> None:
+    """Remove the placeholders of the arguments fixed to their defaults (see
+    ``_defaults_after_first``) with the checks fx adds on them, when nothing else reads them."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for p in placeholders[1:]:
+        chain = _descendants(graph, p)
+        if any(user not in chain for n in chain for user in n.users) or any(n.op == "output" for n in chain):
+            continue
+        for n in reversed([n for n in graph.nodes if n in chain]):
+            graph.erase_node(n)
+
+
 def _build(model: nn.Module, layer: str) -> Split:
     leaf_types, autowrap = _timm_notrace()
     tracer = _Tracer(layer, leaf_types, autowrap)
-    graph = tracer.trace(model)
+    graph = tracer.trace(model, concrete_args=_defaults_after_first(model))
     nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
     if len(nodes) != 1:
         raise RuntimeError(f"layer {layer!r} appears {len(nodes)} times in the traced graph")
     split_node = nodes[0]
+    _drop_specialised(graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise RuntimeError("only models with a single input can be split")
@@ -127,6 +154,8 @@ def split_at(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[Split
     get_layer(model, layer)  # a clear error for an unknown name
     if "#" in layer:
         return None, f"{layer!r} names one run of a module that runs several times: full forward passes"
+    if parse_element(layer)[1] is not None:
+        return None, f"{layer!r} names an element of a module's tuple or dict output: full forward passes"
     try:
         split = _build(model, layer)
         with torch.no_grad():
@@ -160,6 +189,7 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
         return (lambda x: split.prefix(x)[0]), "split"
     module = get_layer(model, layer)
     call = parse_site(layer)[1] or 0  # NAME#k: the k-th run
+    element = parse_element(layer)[1]  # NAME:k / NAME:key: an element of a tuple or dict output
 
     def run(x: torch.Tensor) -> torch.Tensor:
         store = {}
@@ -169,7 +199,7 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
             seen[0] += 1
             if seen[0] <= call:
                 return None
-            store["out"] = output
+            store["out"] = get_element(output, element, layer)
             raise _Stop
 
         handle = module.register_forward_hook(hook)

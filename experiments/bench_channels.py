@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from chanattr import SAMPLES
-from chanattr.channel import CHANNEL_SCHEDULE, channel_extremal_perturbation
+from chanattr.units.space import CHANNEL_SCHEDULE, channel_extremal_perturbation
 
 from _common import add_device_args, model_on_device, photos_with_targets
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from chanattr.channel import ChannelSpace, channel_extremal_perturbation
+from chanattr.units.space import ChannelSpace, channel_extremal_perturbation
 from chanattr.channel_rankings import rank_by_ablation, rank_by_activation, rank_by_taylor, rank_random
 from chanattr.coco import default_coco_root
 

@@ -211,3 +211,84 @@ def constant_net() -> nn.Module:
             return self.fc(self.conv(x).mean((2, 3)))
 
     return Constant()
+
+
+# --- transformers ---------------------------------------------------------------------------
+
+#: heads of ``PlantedViT.blocks.0.attn`` (8 heads of 2 dimensions) that class 0 rests on jointly,
+#: and decoy heads that add alone
+JOINT_HEADS = [1, 4, 5, 6]
+DECOY_HEADS = [0, 3, 7]
+
+
+class Attention(nn.Module):
+    """timm's attention in miniature: ``num_heads``, ``qkv``, ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1) * (c // self.num_heads) ** -0.5).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, t, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(dim, num_heads)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+class PlantedViT(nn.Module):
+    """A one-block vision transformer on 16 x 16 inputs: 4 x 4 patches give 16 patch tokens
+    after a class token, 16 hidden dimensions, 8 heads of 2. Every hidden value of every token
+    is about 1 (the patch embedding is nearly constant; every value vector is about 1, so every
+    head's output is too, whatever it attends to; ``proj`` is the identity).
+
+    Class 0 rests on units of one kind (``readout``), read from ``blocks.0``'s output over the
+    patch tokens: ``"hidden"``: s_d = the mean over tokens of hidden dimension d; ``"tokens"``:
+    s_t = the mean over hidden dimensions of token t; ``"heads"``: s_h = the mean of head h's two
+    dimensions. Class 0 = 8 sigmoid(10 (sum of s over the joint units - 2.5)) + the sum over the
+    decoys, as ``JointChannelNet``: the joint units matter only together (saturated, redundant)
+    and gradient x activation and single-unit ablation rank the decoys first. Joint and decoys:
+    ``JOINT`` / ``DECOYS`` (16 hidden dimensions or tokens), ``JOINT_HEADS`` / ``DECOY_HEADS``."""
+
+    def __init__(self, readout: str = "hidden") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.readout = readout
+        self.patch_embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.ones(1, 1, 16))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 17, 16))
+        self.blocks = nn.Sequential(ViTBlock(16, 8))
+        attn = self.blocks[0].attn
+        with torch.no_grad():
+            self.patch_embed.weight.mul_(0.01)
+            self.patch_embed.bias.fill_(1.0)
+            attn.qkv.weight.mul_(0.1)
+            attn.qkv.bias[32:].fill_(1.0)  # values about 1
+            attn.qkv.weight[32:].zero_()
+            attn.proj.weight.copy_(torch.eye(16))
+            attn.proj.bias.zero_()
+        self.joint, self.decoys = (JOINT_HEADS, DECOY_HEADS) if readout == "heads" else (JOINT, DECOYS)
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        out = self.blocks(t)[:, 1:]
+        if self.readout == "hidden":
+            s = out.mean(1)
+        elif self.readout == "tokens":
+            s = out.mean(2)
+        else:
+            s = out.mean(1).view(out.shape[0], 8, 2).mean(2)
+        y0 = 8 * torch.sigmoid(10 * (s[:, self.joint].sum(1) - 2.5)) + s[:, self.decoys].sum(1)
+        return torch.stack([y0, torch.ones_like(y0)], 1)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from chanattr import ChanattrError, LayerNotFoundError, model_state
-from chanattr.channel import ChannelSpace, channel_curve, channel_extremal_perturbation, class_channels
+from chanattr.units.space import ChannelSpace, channel_curve, channel_extremal_perturbation, class_channels
 from chanattr.split import split_at
 
 from models_gt import PLANTED, PlantedConvNet, PlantedMLP, PlantedResNet, textured
@@ -63,7 +63,7 @@ def test_vector_layer_and_mean_baseline():
     x = textured(8, 2)
     r = channel_extremal_perturbation(model, x, 0, "hidden", [AREA], iterations=150, progress=False)
     assert sorted(r.kept_channels()) == PLANTED
-    with pytest.raises(ChanattrError, match="baseline 'mean' needs a spatial"):
+    with pytest.raises(ChanattrError, match="baseline 'mean' needs positions"):
         channel_extremal_perturbation(model, x, 0, "hidden", [AREA], baseline="mean", iterations=2, progress=False)
 
 
@@ -139,7 +139,7 @@ def test_channels_that_matter_only_jointly_are_found_where_taylor_and_ablation_f
     assert alone.iterations == 0 and set(alone.kept_channels(0, 0)) < set(JOINT)
     # the previous default (the whole activation, then Adam under a growing penalty) does not
     from dataclasses import replace
-    from chanattr.channel import CHANNEL_SCHEDULE
+    from chanattr.units.space import CHANNEL_SCHEDULE
 
     old = replace(CHANNEL_SCHEDULE, start="input", harden=1.0)
     r_old = channel_extremal_perturbation(model, x, 0, "features.1", [3 / 16], schedule=old, progress=False)

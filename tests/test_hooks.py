@@ -129,23 +129,50 @@ def test_module_called_twice_is_refused_or_picked(twice):
         assert torch.allclose(acts["conv"], twice.conv(twice.conv(x)))
 
 
-def test_non_tensor_output_is_refused():
+def test_tuple_and_dict_outputs_are_read_and_edited_at_an_element():
     class Pair(nn.Module):
         def forward(self, x):
-            return x, x
+            return x + 1, x * 2
+
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"hidden": x - 1, "attn": None}
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.pair = Pair()
+            self.pair, self.named = Pair(), Named()
 
         def forward(self, x):
-            return self.pair(x)[0]
+            a, b = self.pair(x)
+            return a + b + self.named(x)["hidden"]
 
-    net = Net()
-    with pytest.raises(ChanattrError, match="not a tensor"):
-        with capture(net, "pair"):
-            net(torch.zeros(1))
+    net, x = Net(), torch.ones(2, 3)
+    with capture(net, ["pair", "pair:1", "named"], detach=True) as acts:
+        net(x)
+    assert torch.equal(acts["pair"], x + 1) and torch.equal(acts["pair:1"], x * 2)  # first tensor, element 1
+    assert torch.equal(acts["named"], x - 1)  # a dict's first tensor
+    with edit(net, {"pair:1": lambda t: torch.zeros_like(t), "named:hidden": lambda t: 10 * t}):
+        y = net(x)
+    assert torch.equal(y, (x + 1) + 0 + 10 * (x - 1))  # only the named elements changed
+    with pytest.raises(ChanattrError, match="no element 'attention'.*hidden, attn"):
+        with capture(net, "named:attention"):
+            net(x)
+    with pytest.raises(ChanattrError, match="element 'attn' .* is NoneType, not a tensor"):
+        with capture(net, "named:attn"):
+            net(x)
+    assert get_layer(net, "pair:1") is net.pair
+
+
+def test_input_port_reads_and_edits_a_module_input():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    x = torch.randn(5, 3)
+    with capture(net, "2", port="input", detach=True) as acts:
+        y = net(x)
+    assert torch.allclose(acts["2"], torch.relu(net[0](x)))
+    with edit(net, {"2": lambda t: torch.zeros_like(t)}, port="input"):
+        assert torch.allclose(net(x), net[2].bias.expand(5, 1))
+    assert torch.allclose(net(x), y)  # hooks gone
 
 
 def test_preserved_and_frozen_restore_the_model(tiny):

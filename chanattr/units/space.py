@@ -1,17 +1,20 @@
-"""Extremal perturbations over the channels of a named layer.
+"""Extremal perturbations over the units of a named layer: channels, hidden units, attention
+heads or tokens (``chanattr.units``).
 
-A mask m in [0, 1]^C acts on the output A of layer L: A' = m A + (1 - m) B, with B the
-baseline (zero, the per-channel spatial mean of this image's A, or a given tensor such as a
-dataset mean). The same optimiser as in pixel space (``chanattr.extremal``) finds, for each
-image and area a, the fraction a of channels that keeps the target output (``preserve``) or
-whose removal destroys it (``delete``).
+A mask m in [0, 1]^U acts on the tensor A the unit kind reads at layer L (its output, or for
+heads the input of its output projection): A' = m A + (1 - m) B, m broadcast over the positions
+each unit covers, with B the baseline (zero, this image's A averaged over its positions --
+pixels or tokens -- or a given tensor such as a dataset mean). The same optimiser as in pixel
+space (``chanattr.extremal``) finds, for each image and area a, the fraction a of units that
+keeps the target output (``preserve``) or whose removal destroys it (``delete``).
 
-Nothing before L depends on the mask, so L's output is computed once; where the model can be
-split at L (``chanattr.split``) each iteration runs only the rest of the network (path
-``"split"``), otherwise a full forward pass with a hook (path ``"full"``).
+Nothing before L depends on the mask, so A is computed once; where the model can be split at
+L (``chanattr.split``) each iteration runs only the rest of the network (path ``"split"``),
+otherwise a full forward pass with a hook (path ``"full"``).
 
-Supported outputs: channels-first tensors, N x C (vectors) or N x C x ... (maps). Layers
-that return tuples or other non-tensors are refused with a clear error.
+Layers that return tuples, dicts or Hugging Face ``ModelOutput``s are read at their first
+tensor, or at ``NAME:k`` / ``NAME:key``; the model's own output is picked by ``output=``
+(``chanattr.model_output``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import ChanattrError
-from .extremal import ExtremalResult, Schedule, check_areas, optimise
-from .hooks import LayerHooks, edit, frozen, get_layer
-from .pixel import _with_iterations, as_targets, check_batch
-from .split import split_at
+from ..errors import ChanattrError
+from ..extremal import ExtremalResult, Schedule, check_areas, optimise
+from ..hooks import LayerHooks, edit, frozen, get_layer
+from ..model_output import OutputSpec, logits_model, unwrap
+from ..pixel import _with_iterations, as_targets, check_batch
+from ..split import split_at
+from . import UnitKind, detect_layout, unit_kind
+from .layout import position_dims
 
 BASELINES = ("zero", "mean")
 
@@ -42,13 +48,17 @@ CHANNEL_SCHEDULE = Schedule(
 )
 
 
-class ChannelSpace:
-    """Channel masks at ``layer`` for N images, with the layer's output computed once.
+class UnitSpace:
+    """Unit masks at ``layer`` for N images, with the layer's tensor computed once.
 
-    ``baseline``: ``"zero"``, ``"mean"`` (per image and channel, over the spatial
-    positions) or a tensor broadcastable to the layer's output without its batch dimension
-    (e.g. C, or C x H x W: a dataset mean). ``split``: ``"auto"`` (split where possible) or
-    ``"full"`` (always full forward passes with a hook).
+    ``unit``: ``"channels"`` (default), ``"hidden"``, ``"heads"`` or ``"tokens"``
+    (``chanattr.units``); ``layout``: ``"nchw"``, ``"ntc"`` or ``"nhwc"`` where it cannot be
+    detected; ``unit_options``: the kind's options (tokens: ``class_token=True`` masks the prefix
+    tokens too). ``baseline``: ``"zero"``, ``"mean"`` (per image and unit, over the positions:
+    pixels or tokens) or a tensor broadcastable to the tensor without its batch dimension (e.g.
+    C, or C x H x W: a dataset mean). ``split``: ``"auto"`` (split where possible) or ``"full"``
+    (always full forward passes with a hook). ``output``: which of the model's outputs holds the
+    logits (``chanattr.model_output.select_output``).
     """
 
     def __init__(
@@ -57,30 +67,55 @@ class ChannelSpace:
         images: torch.Tensor,
         layer: str,
         *,
+        unit: str = "channels",
+        layout: str | None = None,
         baseline: str | torch.Tensor = "zero",
         split: str = "auto",
+        output: OutputSpec = None,
+        **unit_options,
     ) -> None:
         get_layer(model, layer)
         if split not in ("auto", "full"):
             raise ChanattrError(f"unknown split mode {split!r}: use auto or full")
+        model = logits_model(model, output)
+        self.kind: UnitKind = unit_kind(unit)(model, layer, **unit_options)
+        site = self.kind.site
         self.model, self.images, self.layer = model, images, layer
         self.num_images = images.shape[0]
         self.split, self.reason = (None, "full forward passes asked for")
         with torch.no_grad(), frozen(model):
-            if split == "auto":
-                self.split, self.reason = split_at(model, layer, images)
+            if split == "auto" and site.port == "output":
+                self.split, self.reason = split_at(model, site.name, images)
+            elif split == "auto":
+                self.reason = f"the {unit} of {layer!r} are inside the layer (the input of {site.name}): full passes"
             if self.split is not None:
                 self.activation, self.others = self.split.prefix(images)
             else:
-                with LayerHooks(model, layer, detach=True) as hooks:
+                with LayerHooks(model, site.name, detach=True, port=site.port) as hooks:
                     model(images)
-                self.activation, self.others = hooks[layer], ()
-        if self.activation.dim() < 2:
-            raise ChanattrError(f"layer {layer!r} returns a {self.activation.dim()}-D tensor: pick one with channels")
-        self.num_channels = int(self.activation.shape[1])
+                self.activation, self.others = hooks[site.name], ()
+        if self.activation.shape[0] != self.num_images:
+            raise ChanattrError(f"{site.name!r} sees {self.activation.shape[0]} rows for {self.num_images} images "
+                                f"(windows or heads folded into the batch): pick another layer or unit")
+        layout = detect_layout(model, get_layer(model, site.name), self.activation, layout, site.name)
+        self.kind.bind(self.activation, layout)
+        self.num_units = self.kind.count()
         self.baseline = self._baseline(baseline)
         self.baseline_name = baseline if isinstance(baseline, str) else "tensor"
         self.split_mode = split
+
+    @property
+    def unit(self) -> str:
+        return self.kind.name
+
+    @property
+    def layout(self) -> str:
+        return self.kind.layout
+
+    @property
+    def num_channels(self) -> int:
+        """The number of units (channels, hidden units, heads or tokens); the name predates units."""
+        return self.num_units
 
     @property
     def path(self) -> str:
@@ -100,31 +135,40 @@ class ChannelSpace:
         if baseline == "zero":
             return torch.zeros((1, *a.shape[1:]), device=a.device, dtype=a.dtype)
         if baseline == "mean":
-            if a.dim() == 2:
-                raise ChanattrError("baseline 'mean' needs a spatial (N x C x H x W) output: use zero or a tensor")
-            return a.mean(dim=tuple(range(2, a.dim())), keepdim=True)
+            dims = position_dims(self.layout, a.dim())
+            if not dims:
+                raise ChanattrError("baseline 'mean' needs positions (pixels or tokens) to average over; this layer "
+                                    "returns N x C vectors: use zero or a tensor")
+            return a.mean(dim=dims, keepdim=True)
         raise ChanattrError(f"unknown baseline {baseline!r}: use {', '.join(BASELINES)}, or give a tensor")
 
     def _mix(self, activation: torch.Tensor, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        k = keep.view(*keep.shape, *([1] * (activation.dim() - 2)))
+        k = self.kind.expand(keep).to(activation.dtype)
         b = self.baseline[image_index] if self.baseline.shape[0] > 1 else self.baseline
         return k * activation + (1 - k) * b
 
     def init_params(self, num_items: int, value: float) -> torch.Tensor:
-        return torch.full((num_items, self.num_channels), float(value), device=self.activation.device)
+        return torch.full((num_items, self.num_units), float(value), device=self.activation.device)
 
     def masks(self, params: torch.Tensor) -> torch.Tensor:
         return params
 
     def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Model outputs with the layer's channels mixed by ``keep`` (B x C); ``flip`` is ignored.
+        """Model outputs with the layer's units mixed by ``keep`` (B x U); ``flip`` is ignored.
         The model runs in eval mode without parameter gradients, and is left as found."""
         with frozen(self.model):
             if self.split is not None:
                 a = self._mix(self.activation[image_index], keep, image_index)
                 return self.split.suffix(a, tuple(o[image_index] for o in self.others))
-            with edit(self.model, {self.layer: lambda out: self._mix(out, keep, image_index)}):
+            site = self.kind.site
+            with edit(self.model, {site.name: lambda out: self._mix(out, keep, image_index)}, port=site.port):
                 return self.model(self.images[image_index])
+
+    def info(self) -> dict:
+        """What the results record about the space."""
+        return {"layer": self.layer, "path": self.path, "split_reason": self.reason, "baseline": self.baseline_name,
+                "channels": self.num_units, **self.kind.info()}
+
 
     @torch.no_grad()
     def search(self, image_index: torch.Tensor, targets: torch.Tensor, areas: torch.Tensor, variant: str,
@@ -158,7 +202,7 @@ class ChannelSpace:
                 batch_size: int) -> dict[int, torch.Tensor]:
         """{count: C binary mask} along one greedy path from all channels down (see ``search``);
         ``counts`` in decreasing order."""
-        from .extremal import _variant_reward
+        from ..extremal import _variant_reward
 
         c = self.num_channels
         device = self.activation.device
@@ -193,6 +237,10 @@ class ChannelSpace:
             logits = self.logits(keep[s : s + batch_size], image_index[s : s + batch_size])
             out.append(logits.gather(1, targets[image_index[s : s + batch_size]].view(-1, 1))[:, 0].float().cpu())
         return torch.cat(out) if out else torch.empty(0)
+
+
+#: The channel space of earlier versions: a ``UnitSpace`` (``unit="channels"`` by default).
+ChannelSpace = UnitSpace
 
 
 @dataclass
@@ -251,51 +299,66 @@ def channel_curve(
 
 
 @dataclass
-class ChannelResult(ExtremalResult):
-    """``ExtremalResult`` with N x K x C channel masks (1 = the channels found)."""
+class UnitResult(ExtremalResult):
+    """``ExtremalResult`` with N x K x U unit masks (1 = the units found); ``info`` records the
+    unit kind, the layout and the count (``info["units"]``)."""
 
-    def kept_channels(self, image: int = 0, area: int = 0) -> list[int]:
-        """The round(a C) channels with the highest mask values, best first."""
-        c = self.masks.shape[-1]
-        count = int(round(float(self.areas[area]) * c))
+    def kept_units(self, image: int = 0, area: int = 0) -> list[int]:
+        """The round(a U) units with the highest mask values, best first."""
+        u = self.masks.shape[-1]
+        count = int(round(float(self.areas[area]) * u))
         values = self.masks[image, area]
         return values.argsort(descending=True, stable=True)[: max(1, count)].tolist()
 
+    kept_channels = kept_units
+
     def ranking(self) -> torch.Tensor:
-        """N x C: channels ordered by their mean mask value over the areas, best first."""
+        """N x U: units ordered by their mean mask value over the areas, best first."""
         return self.masks.mean(1).argsort(dim=1, descending=True, stable=True)
 
 
-def channel_extremal_perturbation(
+#: The channel result of earlier versions.
+ChannelResult = UnitResult
+
+
+def unit_extremal_perturbation(
     model: nn.Module,
     x: torch.Tensor,
     target: int | Sequence[int] | torch.Tensor,
     layer: str,
     areas: Sequence[float] | float = (0.05, 0.1, 0.2),
     *,
+    unit: str = "channels",
+    layout: str | None = None,
     variant: str = "preserve",
     reward: str = "simple",
     baseline: str | torch.Tensor | None = None,
     split: str | None = None,
+    output: OutputSpec = None,
     schedule: Schedule | None = None,
     iterations: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
-    space: ChannelSpace | None = None,
-) -> ChannelResult:
-    """Channel extremal perturbations at ``layer`` for N images (``x``: N x 3 x H x W).
+    space: UnitSpace | None = None,
+    **unit_options,
+) -> UnitResult:
+    """Unit extremal perturbations at ``layer`` for N images (``x``: N x C x H x W).
 
-    ``areas``: fractions of the layer's channels. Returns a ``ChannelResult`` with masks
-    N x K x C in [0, 1]; ``info["path"]`` says whether the split or the full path ran.
-    ``baseline`` (default ``"zero"``) and ``split`` (default ``"auto"``): see ``ChannelSpace``.
-    A ``space`` built on the same images and layer can be passed to reuse its activations; its
-    baseline and split are then the ones used (and recorded), and a ``baseline``, ``split``,
-    layer or input that disagrees with it is refused. The model runs in eval mode and is left
-    as found. Results are deterministic: ``seed`` seeds only ``Schedule.init_noise``.
+    ``unit``: ``"channels"``, ``"hidden"``, ``"heads"`` or ``"tokens"`` (``chanattr.units``),
+    ``layout`` where it cannot be detected, ``unit_options`` for the kind (tokens:
+    ``class_token=True``). ``areas``: fractions of the layer's units. ``output``: which of the
+    model's outputs holds the logits (an index, a key, a callable; default: the tensor, or
+    ``logits``). Returns a ``UnitResult`` with masks N x K x U in [0, 1]; ``info`` says the unit,
+    layout, count and whether the split or the full path ran. ``baseline`` (default ``"zero"``)
+    and ``split`` (default ``"auto"``): see ``UnitSpace``. A ``space`` built on the same images
+    and layer can be passed to reuse its activations; its settings are then the ones used (and
+    recorded), and a ``baseline``, ``split``, unit, layer or input that disagrees with it is
+    refused. The model runs in eval mode and is left as found. Results are deterministic:
+    ``seed`` seeds only ``Schedule.init_noise``.
     """
     x = check_batch(x)
     if space is not None:
-        _check_space(space, model, x, layer, baseline, split)
+        _check_space(space, model, x, layer, baseline, split, unit)
     baseline = "zero" if baseline is None else baseline
     split = "auto" if split is None else split
     areas = check_areas(areas)
@@ -306,13 +369,14 @@ def channel_extremal_perturbation(
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
         if space is None:
-            space = ChannelSpace(model, x.detach(), layer, baseline=baseline, split=split)
+            space = UnitSpace(model, x.detach(), layer, unit=unit, layout=layout, baseline=baseline, split=split,
+                              output=output, **unit_options)
         params, out = optimise(
             space, targets, areas, variant=variant, reward_kind=reward, schedule=schedule,
-            progress=progress, description=f"channels at {layer} ({variant})",
+            progress=progress, description=f"{space.unit} at {layer} ({variant})",
         )
     n, k = x.shape[0], len(areas)
-    return ChannelResult(
+    return UnitResult(
         masks=params.view(n, k, -1).cpu(),
         areas=out["areas"],
         targets=targets.cpu(),
@@ -324,17 +388,30 @@ def channel_extremal_perturbation(
         binary_reward=out["binary_reward"],
         iterations=out["iterations"],
         seconds=out["seconds"],
-        info={"space": "channel", "layer": layer, "path": space.path, "split_reason": space.reason,
-              "baseline": space.baseline_name, "channels": space.num_channels},
+        info={"space": space.unit, **space.info()},
     )
 
 
-def _check_space(space: ChannelSpace, model, x, layer, baseline, split) -> None:
-    """Refuse a ``space`` that was not built for this model, input and layer, or whose baseline
-    or split differs from the ones asked for."""
-    if space.model is not model or space.layer != layer:
-        raise ChanattrError(f"the space was built for layer {space.layer!r} of another call: build a ChannelSpace "
+def channel_extremal_perturbation(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor,
+    layer: str,
+    areas: Sequence[float] | float = (0.05, 0.1, 0.2),
+    **kwargs,
+) -> UnitResult:
+    """``unit_extremal_perturbation`` over channels (``unit="channels"`` unless given)."""
+    return unit_extremal_perturbation(model, x, target, layer, areas, **kwargs)
+
+
+def _check_space(space: UnitSpace, model, x, layer, baseline, split, unit) -> None:
+    """Refuse a ``space`` that was not built for this model, input, layer and unit, or whose
+    baseline or split differs from the ones asked for."""
+    if unwrap(space.model) is not unwrap(model) or space.layer != layer:
+        raise ChanattrError(f"the space was built for layer {space.layer!r} of another call: build a UnitSpace "
                             f"for this model and layer {layer!r}, or pass no space")
+    if unit != space.unit:
+        raise ChanattrError(f"the space masks {space.unit}, not {unit}: build it with unit={unit!r}, or pass no space")
     if space.images.shape != x.shape or not torch.equal(space.images, x.detach().to(space.images.device)):
         raise ChanattrError("x is not the input the space was built on: pass the same images, or no space")
     if baseline is not None:

@@ -1,0 +1,101 @@
+"""Which of a model's outputs the methods explain: the logits picked from a tensor, a tuple, a
+dict or a Hugging Face ``ModelOutput``, or any scalar per image a function computes from them.
+
+``logits_model(model, output)`` returns a module that runs ``model`` and returns one N x classes
+tensor (``output``: ``None`` for the default rule, a tuple index, a dict / ``ModelOutput`` key or a
+callable). The wrapper shares the model's modules under their own names (``blocks.5`` stays
+``blocks.5``), so layer names, hooks and ``torch.fx`` splits work through it; it copies nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+from .errors import ChanattrError
+
+OutputSpec = Union[None, int, str, Callable]
+
+
+def select_output(out, output: OutputSpec = None) -> torch.Tensor:
+    """The logits in a model's output ``out``. ``output=None``: ``out`` itself if it is a tensor,
+    else the ``logits`` entry of a dict / ``ModelOutput``, else the first element of a tuple;
+    an int: that element of a tuple; a str: that key; a callable: ``output(out)``."""
+    if isinstance(out, torch.fx.Proxy):  # being traced (``chanattr.split``): the tensor itself or its element
+        return out if output is None else output(out) if callable(output) else out[output]
+    if callable(output):
+        value = output(out)
+    elif output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, Mapping) or hasattr(out, "keys"):
+            if "logits" not in out.keys():
+                raise ChanattrError(f"the model returns {type(out).__name__} without 'logits' (keys: "
+                                    f"{', '.join(map(str, out.keys()))}): say which with output= / --output")
+            value = out["logits"]
+        elif isinstance(out, (tuple, list)) and out:
+            value = out[0]
+        else:
+            raise ChanattrError(f"the model returns {type(out).__name__}: say which output to explain with "
+                                f"output= / --output (an index, a key or a function)")
+    else:
+        try:
+            value = out[output]
+        except (KeyError, IndexError, TypeError):
+            have = list(out.keys()) if hasattr(out, "keys") else list(range(len(out))) if isinstance(
+                out, (tuple, list)) else []
+            raise ChanattrError(f"the model's output ({type(out).__name__}) has no element {output!r}: use one of "
+                                f"{', '.join(map(str, have)) or 'none (it is a tensor: drop --output)'}") from None
+    if not isinstance(value, torch.Tensor):
+        raise ChanattrError(f"output {output!r} of the model is {type(value).__name__}, not a tensor: pick another")
+    if value.dim() == 1:  # one scalar per image: a single "class"
+        value = value[:, None]
+    if value.dim() != 2:
+        raise ChanattrError(f"the explained output must be N x classes (or N scores), got {tuple(value.shape)}: "
+                            f"pick another output, or reduce it with a function")
+    return value
+
+
+class LogitsModel(nn.Module):
+    """``model`` returning ``select_output(model(x), output)``; its sub-modules are registered
+    under their names in ``model`` (the wrapper adds no prefix), parameters shared."""
+
+    def __init__(self, model: nn.Module, output: OutputSpec = None) -> None:
+        super().__init__()
+        object.__setattr__(self, "_wrapped", model)  # not a child: names stay the model's
+        object.__setattr__(self, "_output", output)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in model.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the model's forward on the model itself, not through __call__: torch.fx then sees only
+        # the shared sub-modules, which it finds under their names here
+        mode, self._wrapped.training = self._wrapped.training, self.training  # the model's own flag, restored
+        try:
+            out = type(self._wrapped).forward(self._wrapped, x)
+        finally:
+            self._wrapped.training = mode
+        return select_output(out, self._output)
+
+
+def logits_model(model: nn.Module, output: OutputSpec = None) -> nn.Module:
+    """``model`` wrapped to return the logits to explain (see ``select_output``); a
+    ``LogitsModel`` is re-wrapped around its inner model, never nested."""
+    if isinstance(model, LogitsModel):
+        if output is None or output is model._output:
+            return model
+        model = model._wrapped
+    return LogitsModel(model, output)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside a ``LogitsModel`` (or ``model`` itself)."""
+    return model._wrapped if isinstance(model, LogitsModel) else model
