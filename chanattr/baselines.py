@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import ChanattrError
 from .model_output import logits_model
-from .hooks import frozen, get_layer, list_layers
+from .hooks import capture, frozen, get_layer, list_layers
 from .pixel import as_targets, check_batch
 
 
@@ -80,13 +80,70 @@ def last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
     return found[-1]
 
 
+def last_token_block(model: nn.Module, x: torch.Tensor) -> str | None:
+    """For a vision transformer, the input of its last block (the output of the one before):
+    the usual Grad-CAM layer for ViTs -- after the last block only the class token reaches the
+    head, so the patch tokens there get no gradient. The blocks: the longest run of numbered
+    modules (``blocks.0``, ``blocks.1``, ...) with token-sequence outputs. None for other models."""
+    from .units import detect_layout, is_transformer
+
+    if not is_transformer(model):
+        return None
+    groups: dict[str, list[str]] = {}
+    for info in list_layers(model, x[:1]):
+        prefix, _, last = info.name.rpartition(".")
+        if not last.isdigit() and "_" in last and last.rpartition("_")[2].isdigit():  # torchvision: encoder_layer_3
+            prefix, last = f"{prefix}.{last.rpartition('_')[0]}", last.rpartition("_")[2]
+        if not last.isdigit() or info.shape is None or len(info.shape) != 3 or info.calls != 1:
+            continue
+        try:
+            if detect_layout(model, get_layer(model, info.name), torch.empty(info.shape, device="meta"), None,
+                             info.name) != "ntc":
+                continue
+        except ChanattrError:
+            continue
+        groups.setdefault(prefix, []).append(info.name)
+    if not groups:
+        return None
+    blocks = max(groups.values(), key=len)
+    return blocks[-2] if len(blocks) > 1 else blocks[-1]
+
+
 def gradcam(model, x, target, layer: str | None = None):
-    """Grad-CAM at ``layer`` (default: the last spatial layer), upsampled to the input, ReLU'd."""
+    """Grad-CAM at ``layer`` (default: the last spatial layer; for a vision transformer the input
+    of its last block), upsampled to the input, ReLU'd. At a token layer (N x T x C) the patch
+    tokens are reshaped to their grid and the prefix (class) tokens dropped, as for ViTs in
+    pytorch-grad-cam."""
+    from .units import detect_layout
+    from .units.layout import prefix_tokens_at
+
+    name = layer or last_token_block(model, x) or last_spatial_layer(model, x)
+    with capture(model, name, detach=True) as probe, torch.no_grad():
+        model(x[:1])
+    a = probe[name]
+    if a.dim() == 3 and detect_layout(model, get_layer(model, name), a, None, name) == "ntc":
+        return _token_gradcam(model, x, target, name, prefix_tokens_at(model, a.shape[1]))
     ca = _captum()
-    name = layer or last_spatial_layer(model, x)
     cam = ca.LayerGradCam(model, get_layer(model, name)).attribute(x, target=target, relu_attributions=True)
     up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return up[:, 0].detach().cpu()
+
+
+def _token_gradcam(model, x, target, name: str, prefix: int) -> torch.Tensor:
+    """Grad-CAM over the patch tokens of a token layer: weights = the mean gradient of each
+    hidden unit over the patch tokens, map = ReLU(sum of weighted activations), on the grid."""
+    xi = x.detach().clone().requires_grad_(True)  # the parameters are frozen: give the graph an input
+    with capture(model, name) as acts:
+        y = model(xi).gather(1, target.view(-1, 1)).sum()
+        a = acts[name]
+        (g,) = torch.autograd.grad(y, a)
+    a, g = a[:, prefix:].detach(), g[:, prefix:]
+    side = int(round(a.shape[1] ** 0.5))
+    if side * side != a.shape[1]:
+        raise ChanattrError(f"{name!r} has {a.shape[1]} patch tokens, not a square grid: give gradcam another layer=")
+    cam = torch.relu((g.mean(1, keepdim=True) * a).sum(2)).view(-1, 1, side, side)
+    up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return up[:, 0].cpu()
 
 
 @torch.no_grad()

@@ -28,6 +28,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", type=float, nargs="+", metavar="S",
                    help="normalisation std: R G B, or one value for a greyscale model (default ImageNet's)")
     g.add_argument("--labels", metavar="FILE", help="class names, one a line (default: indices)")
+    g.add_argument("--output", metavar="KEY",
+                   help="which of the model's outputs holds the logits: a tuple index or a dict / ModelOutput key "
+                        "(default: the tensor it returns, or 'logits')")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--seed", type=int, default=0,
@@ -50,7 +53,15 @@ def model_from_args(args: argparse.Namespace):
         labels=args.labels,
         device=args.device,
         seed=args.seed,
+        output=_output_key(args.output),
     )
+
+
+def _output_key(text: str | None):
+    """``--output``: an index (digits) or a key."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
 
 
 def _check_device(device: str) -> None:
@@ -117,27 +128,34 @@ def _setup_layers(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
 
 
-@command("layers", "the model's layers with output shapes and channel counts", _setup_layers)
+@command("layers", "the model's layers with output shapes, layouts and units", _setup_layers)
 def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
     from .hooks import list_layers
+    from .units import layer_units
 
     lm = model_from_args(args)
     size = lm.preprocessing.input_size
     infos = list_layers(lm.model, torch.zeros(1, lm.preprocessing.channels, size, size, device=lm.device),
                         leaves_only=args.leaves)
+    units = {i.name: layer_units(lm.model, i) for i in infos}
     if args.json:
         print(json.dumps([{"name": i.name, "type": i.kind, "shape": i.shape, "channels": i.channels,
-                           "calls": i.calls} for i in infos]))
+                           "calls": i.calls, "container": i.container, "layout": units[i.name][0],
+                           "units": units[i.name][1]} for i in infos]))
         return 0
     width = max((len(i.name) for i in infos), default=4)
-    print(f"{'layer':<{width}}  {'type':<22} {'output shape':<20} channels")
+    print(f"{'layer':<{width}}  {'type':<22} {'output shape':<16} {'layout':<6}  units (--unit)")
     for i in infos:
         shape = "x".join(str(s) for s in i.shape[1:]) if i.shape else "(not a tensor)"
+        if i.container:
+            shape += f" ({i.container}[0])"
         calls = f"  (runs {i.calls}x: {i.name}#0 .. {i.name}#{i.calls - 1})" if i.calls > 1 else ""
-        print(f"{i.name:<{width}}  {i.kind:<22} {shape:<20} {i.channels if i.channels else '-'}{calls}")
-    print(f"({len(infos)} layers; input {lm.preprocessing.channels}x{size}x{size})")
+        layout, counts = units[i.name]
+        described = ", ".join(f"{n} {k}" for k, n in counts.items()) or "-"
+        print(f"{i.name:<{width}}  {i.kind:<22} {shape:<16} {layout or '?':<6}  {described}{calls}")
+    print(f"({len(infos)} layers; input {lm.preprocessing.channels}x{size}x{size}; layout ? = give --layout)")
     return 0
 
 
@@ -220,8 +238,8 @@ def _warn_if_unresponsive(lm, x, targets, command: str, space=None) -> None:
         full = lm.model(x).gather(1, targets[:, None])[:, 0]
         if space is not None:
             idx = torch.arange(x.shape[0], device=x.device)
-            none = space.target_scores(torch.zeros(x.shape[0], space.num_channels, device=x.device), idx, targets)
-            what = f"every channel of {space.layer} at the baseline"
+            none = space.target_scores(torch.zeros(x.shape[0], space.num_units, device=x.device), idx, targets)
+            what = f"all {space.unit} of {space.layer} at the baseline"
         else:
             from .evaluation import extremal_score
 
@@ -272,31 +290,47 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _setup_channels(p: argparse.ArgumentParser) -> None:
     add_run_args(p, areas=(0.02, 0.05, 0.1))
-    p.add_argument("--layer", required=True, help="dotted layer name (see chanattr layers)")
+    p.add_argument("--layer", required=True,
+                   help="dotted layer name (see chanattr layers); NAME#k: its k-th run; NAME:k / NAME:key: an element "
+                        "of its tuple or dict output")
+    p.add_argument("--unit", choices=["channels", "hidden", "heads", "tokens"], default="channels",
+                   help="what a mask value switches: channels (dim 1 of a CNN map, default), hidden (the last dim of "
+                        "a token sequence or channels-last map), heads (of an attention module) or tokens")
+    p.add_argument("--layout", choices=["nchw", "ntc", "nhwc"],
+                   help="how the layer's output is laid out, where chanattr cannot tell: nchw (channels first), "
+                        "ntc (tokens x hidden), nhwc (channels last)")
+    p.add_argument("--class-token", action="store_true",
+                   help="with --unit tokens: mask the class (and other prefix) tokens too (default: kept)")
     p.add_argument("--baseline", choices=["zero", "mean"], default="zero",
-                   help="what a removed channel becomes: zero (default) or its spatial mean in this image")
+                   help="what a removed unit becomes: zero (default) or its mean over the positions (pixels or "
+                        "tokens) in this image")
     p.add_argument("--full-path", action="store_true", help="run the whole network every iteration (no split)")
     add_model_args(p)
 
 
-@command("channels", "extremal perturbations over the channels of a layer", _setup_channels)
+@command("channels", "extremal perturbations over the units of a layer: channels, hidden units, heads or tokens",
+         _setup_channels)
 def cmd_channels(args: argparse.Namespace) -> int:
-    from .units.space import ChannelSpace, channel_extremal_perturbation
+    from .units.space import UnitSpace, unit_extremal_perturbation
     from .outputs import write_channels
 
+    if args.class_token and args.unit != "tokens":
+        raise ChanattrError("--class-token goes with --unit tokens")
     files = ("channels.npz", "summary.json", "channels.png")
     lm, images, dirs, x, targets = _prepare_run(args, files)
-    # ChannelSpace and the optimiser run the model frozen themselves, and leave it as found
-    space = ChannelSpace(lm.model, x, args.layer, baseline=args.baseline, split="full" if args.full_path else "auto")
+    options = {"class_token": True} if args.class_token else {}
+    # UnitSpace and the optimiser run the model frozen themselves, and leave it as found
+    space = UnitSpace(lm.model, x, args.layer, unit=args.unit, layout=args.layout, baseline=args.baseline,
+                      split="full" if args.full_path else "auto", **options)
     _warn_if_unresponsive(lm, x, targets, "channels", space)
-    result = channel_extremal_perturbation(
-        lm.model, x, targets, args.layer, args.areas, variant=args.variant, reward=args.reward,
+    result = unit_extremal_perturbation(
+        lm.model, x, targets, args.layer, args.areas, unit=args.unit, variant=args.variant, reward=args.reward,
         iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False, space=space,
     )
     write_channels(dirs, lm, images, x, result, space)
     for img, folder, t in zip(images, dirs, targets.tolist()):
-        print(f"{img.name}: target {t} ({lm.class_name(t)}), layer {args.layer} ({space.num_channels} channels, "
-              f"{space.path} path), {result.iterations} iterations, {result.seconds:.1f} s -> {folder}")
+        print(f"{img.name}: target {t} ({lm.class_name(t)}), layer {args.layer} ({space.num_units} {space.unit}, "
+              f"{space.layout}, {space.path} path), {result.iterations} iterations, {result.seconds:.1f} s -> {folder}")
     return 0
 
 

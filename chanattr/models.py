@@ -8,6 +8,9 @@ Names understood (``timm.create_model`` style):
   come from ``weights=PATH`` (a local state-dict file), else the library's own pretrained
   weights (cached, or downloaded where the machine can), else a clear error. Random weights
   only with ``random_weights=True``.
+- ``hf:PATH``: a Hugging Face image classifier saved with ``save_pretrained`` in a local folder
+  (``AutoModelForImageClassification``; input size, mean and std from the folder's image
+  processor, class names from its config). Offline; needs ``transformers``.
 - ``path/to/file.py:function`` / ``package.module:function``: a user's own factory returning
   an ``nn.Module``.
 """
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
+from .model_output import logits_model, select_output
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -232,6 +236,36 @@ def _no_weights_error(name: str, reason: str) -> ChanattrError:
     )
 
 
+def _load_hf(folder: str, pretrained: bool) -> tuple[nn.Module, Preprocessing, list[str]]:
+    """A Hugging Face image classifier from a ``save_pretrained`` folder (``hf:PATH``), offline."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ChanattrError(f"hf:{folder} needs a folder with config.json (one written by save_pretrained): "
+                            f"{'no such folder' if not path.is_dir() else 'config.json missing'}")
+    try:
+        import transformers
+    except ImportError:
+        raise ChanattrError("hf: models need the transformers package: pip install transformers") from None
+    transformers.utils.logging.disable_progress_bar()
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    if pretrained:
+        model = transformers.AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
+    else:
+        model = transformers.AutoModelForImageClassification.from_config(config)
+    size, mean, std = getattr(config, "image_size", 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    processor = path / "preprocessor_config.json"
+    if processor.is_file():
+        import json
+
+        p = json.loads(processor.read_text())
+        s = p.get("size", size)
+        size = s.get("height", s.get("shortest_edge", size)) if isinstance(s, dict) else s
+        mean, std = p.get("image_mean", mean), p.get("image_std", std)
+    labels = getattr(config, "id2label", None) or {}
+    classes = [str(labels.get(i, labels.get(str(i), i))) for i in range(len(labels))]
+    return model, Preprocessing(int(size), tuple(mean), tuple(std)), classes
+
+
 def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
     import torchvision
 
@@ -287,19 +321,14 @@ def _check_input_size(model: nn.Module, pre: Preprocessing) -> None:
                             f"({first[:160]}): give the --input-size (and --mean/--std) it was built for") from None
 
 
-def _num_outputs(model: nn.Module, pre: Preprocessing) -> int:
-    """Number of classes: ``num_classes``, the last ``nn.Linear``, or one forward pass."""
-    n = getattr(model, "num_classes", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    for module in reversed(list(model.modules())):
-        if isinstance(module, nn.Linear):
-            return module.out_features
+def _logits_and_count(model: nn.Module, pre: Preprocessing, output) -> tuple[nn.Module, int]:
+    """The model returning its logits (wrapped by ``logits_model`` when ``output`` is given or it
+    returns a tuple, dict or ``ModelOutput``) and the number of classes, from one forward pass."""
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ChanattrError("the model must return a tensor of N x classes scores (logits)")
-    return int(out.shape[1])
+    if output is not None or not isinstance(out, torch.Tensor):
+        model = logits_model(model, output)
+    return model, int(select_output(out, output).shape[1])
 
 
 def load_model(
@@ -313,6 +342,7 @@ def load_model(
     labels: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    output=None,
 ) -> LoadedModel:
     """Load a model by name, in eval mode on ``device``.
 
@@ -320,19 +350,22 @@ def load_model(
     square input; mean/std: per input channel, for inputs in [0, 1]); ``labels`` is a file
     with one class name a line. ``seed`` seeds the initialisation (``random_weights``, or the
     factory of a user's model), so the same call gives the same network; torch's global
-    random state is left as it was. ``extra`` records the weights, ``random_weights`` and seed.
+    random state is left as it was. ``output``: which of the model's outputs holds the logits (a
+    tuple index, a dict / ``ModelOutput`` key, a callable; default: the tensor, or ``logits``):
+    a model that does not return a tensor comes back wrapped (``chanattr.model_output``), its
+    layer names unchanged. ``extra`` records the weights, ``random_weights``, seed and output.
     """
     if weights is not None and random_weights:
         raise ChanattrError("give either --weights or --random-weights, not both")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        lm = _load_model(name, weights, random_weights, input_size, mean, std, labels, device)
+        lm = _load_model(name, weights, random_weights, input_size, mean, std, labels, device, output)
     lm.extra.update({"weights": None if weights is None else str(weights), "random_weights": bool(random_weights),
-                     "seed": int(seed)})
+                     "seed": int(seed), "output": None if output is None or callable(output) else output})
     return lm
 
 
-def _load_model(name, weights, random_weights, input_size, mean, std, labels, device) -> LoadedModel:
+def _load_model(name, weights, random_weights, input_size, mean, std, labels, device, output) -> LoadedModel:
     pretrained = weights is None and not random_weights
     if name == DEFAULT_MODEL:
         if random_weights:
@@ -351,6 +384,8 @@ def _load_model(name, weights, random_weights, input_size, mean, std, labels, de
         model = _build_timm(name.split(":", 1)[1], pretrained)
         pre = _timm_preprocessing(model)
         classes = imagenet_class_names()
+    elif name.startswith("hf:"):
+        model, pre, classes = _load_hf(name[3:], pretrained)
     elif ":" in name:
         factory = _import_factory(name)
         model = factory()
@@ -360,7 +395,7 @@ def _load_model(name, weights, random_weights, input_size, mean, std, labels, de
         classes = []
     else:
         raise ChanattrError(
-            f"unknown model {name!r}: use {DEFAULT_MODEL}, torchvision:<arch>, timm:<arch>, "
+            f"unknown model {name!r}: use {DEFAULT_MODEL}, torchvision:<arch>, timm:<arch>, hf:<folder>, "
             "path/to/file.py:function or package.module:function"
         )
     if weights is not None:
@@ -380,7 +415,7 @@ def _load_model(name, weights, random_weights, input_size, mean, std, labels, de
 
     if input_size is not None:  # a model built for one size (a ViT's patch grid) refuses others: say so now
         _check_input_size(model, pre)
-    n_out = _num_outputs(model, pre)
+    model, n_out = _logits_and_count(model, pre, output)
     if labels is not None:
         classes = read_labels(labels)
         if len(classes) != n_out:

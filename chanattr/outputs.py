@@ -188,7 +188,8 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
 
 
 def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, space) -> list[dict]:
-    """``channels.npz``, ``summary.json`` and ``channels.png`` for every image of a channel result."""
+    """``channels.npz``, ``summary.json`` and ``channels.png`` for every image of a unit result
+    (channels, hidden units, heads or tokens: one format, ``read_channel_result``)."""
     import matplotlib.pyplot as plt
 
     from .units.space import channel_curve
@@ -214,7 +215,12 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
             "image": images[i].name,
             **provenance(lm, x[i]),
             "layer": result.info["layer"],
+            "unit": result.info.get("unit", "channels"),
+            "layout": result.info.get("layout"),
             "channels": c,
+            "units": c,
+            "unit_info": {k: v for k, v in result.info.items() if k in ("site", "port", "prefix_tokens",
+                                                                       "class_token_masked", "head_dim")},
             "target": target,
             "class_name": lm.class_name(target),
             "variant": result.variant,
@@ -229,30 +235,37 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
         }
         folder = folders[i]
         write_npz(folder / "channels.npz", masks=result.masks[i], areas=result.areas, input=x[i],
-                  target=np.int64(target), layer=np.array(result.info["layer"]))
+                  target=np.int64(target), layer=np.array(result.info["layer"]),
+                  unit=np.array(result.info.get("unit", "channels")), layout=np.array(result.info.get("layout", "")))
         write_json(folder / "summary.json", summary)
         fig = plot_channels(result.masks[i], result.areas.tolist(), curves.to_dict(i),
                             title=f"{images[i].name}: {lm.class_name(target)} ({target}) at {result.info['layer']}",
-                            variant=result.variant)
+                            variant=result.variant, unit=result.info.get("unit", "channels"))
         fig.savefig(folder / "channels.png", dpi=150)
         plt.close(fig)
         summaries.append(summary)
     return summaries
 
 
-def read_channel_result(folder: str | Path, layer: str | None = None) -> dict:
+def read_channel_result(folder: str | Path, layer: str | None = None, unit: str | None = "channels") -> dict:
     """A ``channels.npz`` written by ``chanattr channels`` (or ``chanattr prunegrad``):
-    masks (K x C), areas, layer; plus ``ranking`` (channels by mean mask value, best first)
-    and ``values`` (the mean mask value of each channel)."""
+    masks (K x U), areas, layer, unit (``channels`` in files from before units), layout; plus
+    ``ranking`` (units by mean mask value, best first) and ``values`` (each unit's mean mask
+    value). ``unit``: refuse a file of another unit kind (``None``: any)."""
     path = Path(folder) / "channels.npz"
     if not path.is_file():
         raise ChanattrError(f"{path} not found: give a folder written by `chanattr channels` or `chanattr prunegrad`")
     with np.load(path) as data:
         masks, areas, saved = data["masks"], data["areas"], str(data["layer"])
+        saved_unit = str(data["unit"]) if "unit" in data.files else "channels"
+        layout = str(data["layout"]) if "layout" in data.files else "nchw"
+    if unit is not None and saved_unit != unit:
+        raise ChanattrError(f"{path} holds {saved_unit} of {saved}, and inversion and visualisation take channels only "
+                            f"so far: use a folder of `chanattr channels --unit channels`")
     if layer is not None and saved != layer:
         raise ChanattrError(f"{path} holds channels of layer {saved!r}, not {layer!r}: pass --layer {saved}")
     values = masks.mean(0)
-    return {"masks": masks, "areas": areas, "layer": saved, "values": values,
+    return {"masks": masks, "areas": areas, "layer": saved, "values": values, "unit": saved_unit, "layout": layout,
             "ranking": np.argsort(-values, kind="stable")}
 
 
@@ -350,7 +363,7 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
     ``plain``: the plain input-gradient map of the same image (H x W), for the figure."""
     import matplotlib.pyplot as plt
 
-    from .units.space import ChannelSpace, channel_curve
+    from .units.space import UnitSpace, channel_curve
     from .plotting import plot_saliency_maps
 
     target = int(result.targets[index])
@@ -383,11 +396,12 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
         values = result.kept[site][index]  # fraction of each channel's neurons kept
         ranking = torch.argsort(-values, stable=True)
         with torch.no_grad():
-            space = ChannelSpace(lm.model, x[None], layer)
+            space = UnitSpace(lm.model, x[None], layer, unit="auto")  # channels, or a token layer's hidden units
             curve = channel_curve(space, ranking, target)
         fraction = max(counts[site], 1) / totals[site]
         write_npz(folder / "channels.npz", masks=values[None], areas=np.array([fraction], dtype=np.float32),
-                  input=x, target=np.int64(target), layer=np.array(layer))
+                  input=x, target=np.int64(target), layer=np.array(layer), unit=np.array(space.unit),
+                  layout=np.array(space.layout))
         summary["channel_attribution"] = {"layer": layer, "channels": ranking[: counts[site]].tolist(),
                                           "channel_curve": curve.to_dict(0), "path": space.path}
     else:

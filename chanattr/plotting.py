@@ -117,8 +117,9 @@ def plot_channels(
     title: str = "",
     top: int = 40,
     variant: str = "preserve",
+    unit: str = "channels",
 ):
-    """Channel mask values as sorted bars (one row per area, the ``top`` highest labelled by
+    """Unit (channel, hidden unit, head or token: ``unit``) mask values as sorted bars (one row per area, the ``top`` highest labelled by
     channel index), and the channel curve (score with the top-k channels kept / removed).
     ``variant``: the masks' variant -- with ``delete`` the channels found are the removed ones.
 
@@ -139,16 +140,16 @@ def plot_channels(
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("mask")
             found = "removed" if variant == "delete" else "kept"
-            ax.set_title(f"area {areas[i]:.3g}: top {len(order)} of {c} channels (dark: the {kept} {found})")
+            ax.set_title(f"area {areas[i]:.3g}: top {len(order)} of {c} {unit} (dark: the {kept} {found})")
         if curve is not None:
             ax = fig.add_subplot(grid[:, 1])
             ax.plot(curve["k"], curve["kept"], "-", lw=1.4, color="#1f4e79", label="only top-k kept")
             ax.plot(curve["k"], curve["removed"], "-", lw=1.4, color="#b22222", label="top-k removed")
-            ax.axhline(curve["full"], color="0.5", ls="--", lw=0.8, label="all channels")
+            ax.axhline(curve["full"], color="0.5", ls="--", lw=0.8, label=f"all {unit}")
             ax.set_xscale("log")
-            ax.set_xlabel("channels k (of %d)" % c)
+            ax.set_xlabel(f"{unit} k (of {c})")
             ax.set_ylabel("target logit")
-            ax.set_title("channel curve")
+            ax.set_title(f"{unit} curve" if unit != "channels" else "channel curve")
             ax.legend(frameon=False)
         if title:
             fig.suptitle(title)

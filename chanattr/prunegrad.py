@@ -62,7 +62,8 @@ class PruneGradResult:
     """``saliency``: N x H x W, max over colour channels of |input gradient| through the
     pruned network. ``gradient``: N x C x H x W. ``kept``: for each hooked site (a layer name,
     with ``#k`` for its k-th run when it runs several times), N x C: the fraction of each
-    channel's neurons kept (0 or 1 with ``granularity="channel"``). ``kept_fraction``: per site,
+    channel's neurons kept (0 or 1 with ``granularity="channel"``) -- at a token layer
+    (N x T x C) the channels are the hidden units, each over every token. ``kept_fraction``: per site,
     N: the fraction of its neurons kept. ``logit`` / ``probability``: N, the target's in the
     whole network; ``pruned_logit`` / ``pruned_probability``: the same in the pruned network."""
 
@@ -86,6 +87,19 @@ class PruneGradResult:
         attribution: ``(site, N x C values in [0, 1])``."""
         site = site or list(self.kept)[-1]
         return site, self.kept[site]
+
+
+def _feature_dim(model: nn.Module, name: str, a: torch.Tensor) -> int:
+    """The dimension of ``a`` (the output of layer ``name``) that holds channels or hidden units:
+    1 for channels-first maps, the last for token sequences and channels-last maps
+    (``chanattr.units.detect_layout``; 1 where the layout cannot be told)."""
+    from .units import detect_layout
+    from .units.layout import feature_dim
+
+    try:
+        return feature_dim(detect_layout(model, get_layer(model, name), a, None, name), a.dim())
+    except ChanattrError:
+        return 1
 
 
 def _sites(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[tuple[str, int]]:
@@ -199,26 +213,28 @@ def prunegrad(
             y = logits.gather(1, targets[:, None]).sum()
             grads = torch.autograd.grad(y, acts)
         full_logits = logits.detach()
-        scores = []
-        for a, g in zip(acts, grads):
+        scores, fdims = [], []
+        for (name, _), a, g in zip(sites, acts, grads):
             if a.dim() < 2:
                 raise ChanattrError("pruned layers must output N x C (x ...) tensors")
-            contrib = (a * g).detach()
+            fdim = _feature_dim(model, name, a)  # 1, or the last for token sequences / channels last
+            contrib = (a * g).detach().movedim(fdim, 1)
             if granularity == "channel" and contrib.dim() > 2:
                 contrib = contrib.flatten(2).sum(2)
             scores.append(contrib.abs() if criterion == "abs" else contrib)
+            fdims.append(fdim)
         del acts, grads, logits
         # 2. keep the most important
         masks = _keep_masks(scores, keep, scope)
         # 3. the input gradient through the pruned network
         edits = {}
-        for site, m in zip(sites, masks):
+        for site, m, fdim in zip(sites, masks, fdims):
 
-            def edit(out, mask=m):
+            def edit(out, mask=m, fdim=fdim):
                 mk = mask.to(out.dtype)
                 while mk.dim() < out.dim():
                     mk = mk.unsqueeze(-1)
-                return out * mk
+                return out * mk.movedim(1, fdim)
 
             edits[site] = edit
         xi = x.detach().clone().requires_grad_(True)

@@ -292,3 +292,35 @@ class PlantedViT(nn.Module):
             s = out.mean(1).view(out.shape[0], 8, 2).mean(2)
         y0 = 8 * torch.sigmoid(10 * (s[:, self.joint].sum(1) - 2.5)) + s[:, self.decoys].sum(1)
         return torch.stack([y0, torch.ones_like(y0)], 1)
+
+
+class DictViT(nn.Module):
+    """A Hugging Face-like model: a block that returns a tuple, a model that returns a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = PlantedViT("hidden")
+        self.block = TupleBlock(self.inner.blocks[0])
+
+    def forward(self, x):
+        inner = self.inner
+        t = inner.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([inner.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + inner.pos_embed
+        out = self.block(t)[0][:, 1:]
+        s = out.mean(1)
+        y0 = 8 * torch.sigmoid(10 * (s[:, JOINT].sum(1) - 2.5)) + s[:, DECOYS].sum(1)
+        return {"hidden_states": out, "logits": torch.stack([y0, torch.ones_like(y0)], 1)}
+
+
+class TupleBlock(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return self.block(x), None
+
+
+def planted_vit_heads() -> nn.Module:
+    """``PlantedViT("heads")``, for the command line."""
+    return PlantedViT("heads")

@@ -101,3 +101,48 @@ def test_explain_paper_preset_is_recorded(run_cli, tmp_path):
     assert code == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["preset"] == "paper" and summary["iterations"] == 20
+
+
+VIT = ["--input-size", "16", "--no-progress", "--target", "0", "--iterations", "20"]
+
+
+@pytest.mark.parametrize("factory, layer, unit, planted", [
+    ("PlantedViT", "blocks.0", "hidden", "JOINT"), ("planted_vit_heads", "blocks.0.attn", "heads", "JOINT_HEADS")])
+def test_channels_unit_option_on_a_transformer(run_cli, tmp_path, factory, layer, unit, planted):
+    import models_gt
+
+    count = 8 if unit == "heads" else 16
+    code, out, err = run_cli("channels", "chelsea", "--model", f"{HERE / 'models_gt.py'}:{factory}", *VIT,
+                             "--layer", layer, "--unit", unit, "--areas", str(3 / count), "--out", tmp_path)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["unit"] == unit and summary["units"] == count and summary["layout"] == "ntc"
+    assert set(summary["areas"][0]["channels"]) < set(getattr(models_gt, planted))
+    data = np.load(tmp_path / "channels.npz")
+    assert str(data["unit"]) == unit and data["masks"].shape == (1, count)
+    assert f"{count} {unit}, ntc" in out
+    # inversion reads the same format, and says it takes channels only
+    code, _, err = run_cli("invert", "chelsea", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size", "16",
+                           "--layer", layer, "--from", tmp_path, "--out", tmp_path / "inv")
+    assert code == 2 and f"holds {unit} of {layer}" in err
+
+
+def test_channels_unit_errors_and_model_output_option(run_cli, tmp_path):
+    model = ["--model", f"{HERE / 'models_gt.py'}:PlantedViT", *VIT]
+    code, _, err = run_cli("channels", "chelsea", *model, "--layer", "blocks.0", "--out", tmp_path / "a")
+    assert code == 2 and "use --unit hidden" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("channels", "chelsea", *PLANTED, "--layer", "features.2", "--unit", "heads",
+                           "--out", tmp_path / "b")
+    assert code == 2 and "not an attention module with heads" in err
+    assert not (tmp_path / "b").exists()  # a failed run leaves no folder
+    dict_model = ["--model", f"{HERE / 'models_gt.py'}:DictViT", *VIT]
+    code, out, err = run_cli("channels", "chelsea", *dict_model, "--layer", "block", "--unit", "hidden",
+                             "--areas", "0.1875", "--out", tmp_path / "c")
+    assert code == 0, err
+    code, _, err = run_cli("channels", "chelsea", *dict_model, "--output", "scores", "--layer", "block",
+                           "--unit", "hidden", "--out", tmp_path / "d")
+    assert code == 2 and "no element 'scores': use one of hidden_states, logits" in err
+    code, out, err = run_cli("layers", *dict_model[:4], "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["block"]["container"] == "tuple" and rows["block"]["units"] == {"hidden": 16, "tokens": 16}
+    assert rows["inner.blocks.0.attn"]["units"]["heads"] == 8

@@ -7,7 +7,7 @@ from torch import nn
 
 from chanattr import ChanattrError, UnitSpace, model_state, unit_extremal_perturbation
 from chanattr.channel_rankings import rank_by_ablation, rank_by_taylor
-from models_gt import DECOY_HEADS, DECOYS, JOINT, JOINT_HEADS, PlantedViT, textured
+from models_gt import DECOY_HEADS, DECOYS, JOINT, JOINT_HEADS, DictViT, PlantedViT, textured
 
 
 @pytest.mark.parametrize("unit, joint, decoys, count", [
@@ -106,37 +106,10 @@ def test_rank3_output_of_an_unknown_model_asks_for_the_layout():
     assert UnitSpace(m, x, "body", unit="hidden", layout="ntc").num_units == 4
 
 
-class DictModel(nn.Module):
-    """A Hugging Face-like model: a block that returns a tuple, a model that returns a dict."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = PlantedViT("hidden")
-        self.block = TupleBlock(self.inner.blocks[0])
-
-    def forward(self, x):
-        inner = self.inner
-        t = inner.patch_embed(x).flatten(2).transpose(1, 2)
-        t = torch.cat([inner.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + inner.pos_embed
-        out = self.block(t)[0][:, 1:]
-        s = out.mean(1)
-        y0 = 8 * torch.sigmoid(10 * (s[:, JOINT].sum(1) - 2.5)) + s[:, DECOYS].sum(1)
-        return {"hidden_states": out, "logits": torch.stack([y0, torch.ones_like(y0)], 1)}
-
-
-class TupleBlock(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return self.block(x), None
-
-
 def test_dict_output_models_and_tuple_output_layers():
     """The logits come from the dict's 'logits'; a layer that returns a tuple is read at its
     first tensor (or NAME:0); the same joint units are found as on the plain model."""
-    model, x = DictModel().eval(), textured(16, 2)
+    model, x = DictViT().eval(), textured(16, 2)
     before = model_state(model)
     for layer in ("block", "block:0"):
         r = unit_extremal_perturbation(model, x, 0, layer, [3 / 16], unit="hidden", progress=False)
@@ -182,3 +155,53 @@ def test_any_output_for_pixels_prunegrad_and_saliency():
     assert torch.equal(a.masks, b.masks)
     with pytest.raises(ChanattrError, match="returns tuple|output"):
         saliency("gradient", AsTuple(), x, 1, output=5)
+
+
+def test_gradcam_on_a_transformer_reshapes_patch_tokens_to_their_grid():
+    """A ViT whose hidden unit 0 is each patch's brightness and whose class 0 is the sum of unit
+    0 over the patch tokens: Grad-CAM (at the token layer, class token dropped) must light
+    exactly the bright patches, in grid order (token t at row t // 4, column t % 4)."""
+    from chanattr import saliency
+
+    class BrightViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = nn.Conv2d(3, 4, 4, stride=4)
+            self.cls_token = nn.Parameter(torch.full((1, 1, 4), 5.0))  # large: must not leak into the map
+            self.blocks = nn.Sequential(nn.Identity(), nn.Identity())
+            with torch.no_grad():
+                self.patch_embed.weight.zero_()
+                self.patch_embed.weight[0].fill_(1 / 48)
+                self.patch_embed.bias.zero_()
+
+        def forward(self, x):
+            t = self.patch_embed(x).flatten(2).transpose(1, 2)
+            t = self.blocks(torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1))
+            return torch.stack([t[:, 1:, 0].sum(1), t[:, 0, 0]], 1)
+
+    bright = [2, 9, 15]
+    x = torch.zeros(1, 3, 16, 16)
+    for t in bright:
+        x[0, :, 4 * (t // 4): 4 * (t // 4) + 4, 4 * (t % 4): 4 * (t % 4) + 4] = 1.0
+    cam = saliency("gradcam", BrightViT().eval(), x, 0)[0]
+    per_patch = cam.view(4, 4, 4, 4).mean((1, 3)).flatten()  # the mean over each patch, token order
+    assert set(per_patch.argsort(descending=True)[:3].tolist()) == set(bright)
+    others = [t for t in range(16) if t not in bright]
+    assert per_patch[others].max() < 0.5 * per_patch[bright].min()
+
+
+def test_prunegrad_on_token_layers_prunes_hidden_units():
+    """At a token layer, PruneGrad's channels are the hidden units (the last dimension), kept or
+    pruned over every token; with GELU modules found by type in a timm ViT, every MLP is pruned."""
+    from chanattr import prunegrad
+
+    model, x = PlantedViT("hidden").eval(), textured(16, 2)
+    r = prunegrad(model, x, 0, keep=0.25, granularity="channel", layers=["blocks.0"])
+    kept = r.kept["blocks.0"]
+    assert kept.shape == (2, 16) and set(kept.unique().tolist()) <= {0.0, 1.0}
+    assert r.kept_fraction["blocks.0"].tolist() == [0.25, 0.25]  # 4 of 16 hidden units, whole
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3, depth=2).eval()
+    r = prunegrad(vit, torch.randn(1, 3, 32, 32), 1, keep=0.3)
+    assert r.info["layers"] == ["blocks.0.mlp.act", "blocks.1.mlp.act"] and r.kept["blocks.1.mlp.act"].shape == (1, 768)

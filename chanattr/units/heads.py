@@ -1,10 +1,12 @@
 """``heads``: the attention heads of an attention module. Each head's slice of the tensor the
 heads are concatenated into (the input of the output projection) is one unit.
 
-The site, from the module named: timm's ``Attention`` (and any module with ``num_heads`` and a
-linear ``proj``): the input of ``proj``; Hugging Face's ``ViTSelfAttention`` (and any module with
-``num_attention_heads``): its output context (first element); a module holding one of those as
-``attention`` (Hugging Face's ``ViTAttention``): that one. torchvision's
+The site, from the module named: a module with a head count (``num_heads``: timm's
+``Attention``; ``num_attention_heads``: Hugging Face's) and a linear output projection called as
+a module (``proj``: timm; ``o_proj``: Hugging Face transformers 5; ``out_proj``): the input of
+that projection; a module with ``num_attention_heads`` and no projection (Hugging Face 4's
+``ViTSelfAttention``): its output context (first element); a module holding one of those as
+``attention`` (Hugging Face 4's ``ViTAttention``): that one. torchvision's
 ``nn.MultiheadAttention`` never calls its output projection as a module, so its heads cannot be
 reached by a hook: it is refused with what to use instead."""
 
@@ -34,9 +36,10 @@ class Heads(UnitKind):
         if not hasattr(module, "num_attention_heads") and hasattr(getattr(module, "attention", None),
                                                                   "num_attention_heads"):
             base, module = f"{base}.attention", module.attention
-        if isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "proj", None), nn.Linear):
-            self.heads = module.num_heads
-            self.site = Site(f"{base}.proj{suffix}", "input")
+        count, projection = head_count(module), output_projection(module)
+        if count is not None and projection is not None:
+            self.heads = count
+            self.site = Site(f"{base}.{projection}{suffix}", "input")
         elif isinstance(getattr(module, "num_attention_heads", None), int):
             self.heads = module.num_attention_heads
             self.site = Site(f"{base}{suffix}")
@@ -63,9 +66,40 @@ class Heads(UnitKind):
         return {**super().info(), "head_dim": self.shape[-1] // self.heads}
 
 
+PROJECTIONS = ("proj", "o_proj", "out_proj")
+
+
+def head_count(module: nn.Module) -> int | None:
+    """The module's number of attention heads (``num_heads`` or ``num_attention_heads``), or None."""
+    for name in ("num_heads", "num_attention_heads"):
+        value = getattr(module, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def output_projection(module: nn.Module) -> str | None:
+    """The name of the module's linear output projection (``PROJECTIONS``), or None. torch's
+    ``nn.MultiheadAttention`` has an ``out_proj`` that it never calls as a module: None."""
+    if isinstance(module, nn.MultiheadAttention):
+        return None
+    for name in PROJECTIONS:
+        if isinstance(getattr(module, name, None), nn.Linear):
+            return name
+    return None
+
+
+def attention_heads(module: nn.Module) -> int | None:
+    """The heads ``--unit heads`` finds at this module, or None."""
+    if isinstance(module, nn.MultiheadAttention):
+        return None
+    if head_count(module) is not None and (output_projection(module) is not None or
+                                           isinstance(getattr(module, "num_attention_heads", None), int)):
+        return head_count(module)
+    inner = getattr(module, "attention", None)
+    return inner.num_attention_heads if isinstance(getattr(inner, "num_attention_heads", None), int) else None
+
+
 def is_attention(module: nn.Module) -> bool:
     """Whether ``--unit heads`` can use this module."""
-    inner = getattr(module, "attention", None)
-    return (isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "proj", None), nn.Linear)
-            ) or isinstance(getattr(module, "num_attention_heads", None), int) or isinstance(
-        getattr(inner, "num_attention_heads", None), int)
+    return attention_heads(module) is not None

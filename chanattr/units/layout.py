@@ -54,6 +54,18 @@ def prefix_tokens(model: nn.Module) -> int:
     return count
 
 
+def prefix_tokens_at(model: nn.Module, tokens: int) -> int:
+    """The prefix tokens in a sequence of ``tokens`` at some layer: ``prefix_tokens(model)``, or 0
+    where the sequence is the bare patch grid (a square count that the prefix would break: the
+    output of the patch embedding, before the class token joins)."""
+    p = prefix_tokens(model)
+
+    def square(n: int) -> bool:
+        return n > 0 and int(round(n ** 0.5)) ** 2 == n
+
+    return 0 if p and square(tokens) and not square(tokens - p) else p
+
+
 def detect_layout(model: nn.Module, module: nn.Module, activation: torch.Tensor, layout: str | None,
                   name: str) -> str:
     """The layout of ``activation`` (the output of ``module``, called ``name``, in ``model``)."""
@@ -81,7 +93,8 @@ def detect_layout(model: nn.Module, module: nn.Module, activation: torch.Tensor,
         kinds = {type(m).__name__.lower() for m in model.modules()}
         if any("swin" in k for k in kinds) and rank == 4:
             return "nhwc"
-        return "nchw"
+        if not is_transformer(model):  # a CNN's maps
+            return "nchw"
     raise ChanattrError(f"cannot tell how layer {name!r}'s {tuple(activation.shape)} output is laid out: give "
                         f"--layout nchw (channels first), ntc (tokens x hidden) or nhwc (channels last)")
 

@@ -52,7 +52,7 @@ class UnitSpace:
     """Unit masks at ``layer`` for N images, with the layer's tensor computed once.
 
     ``unit``: ``"channels"`` (default), ``"hidden"``, ``"heads"`` or ``"tokens"``
-    (``chanattr.units``); ``layout``: ``"nchw"``, ``"ntc"`` or ``"nhwc"`` where it cannot be
+    (``chanattr.units``), or ``"auto"`` (channels of a channels-first map, else hidden units); ``layout``: ``"nchw"``, ``"ntc"`` or ``"nhwc"`` where it cannot be
     detected; ``unit_options``: the kind's options (tokens: ``class_token=True`` masks the prefix
     tokens too). ``baseline``: ``"zero"``, ``"mean"`` (per image and unit, over the positions:
     pixels or tokens) or a tensor broadcastable to the tensor without its batch dimension (e.g.
@@ -78,7 +78,8 @@ class UnitSpace:
         if split not in ("auto", "full"):
             raise ChanattrError(f"unknown split mode {split!r}: use auto or full")
         model = logits_model(model, output)
-        self.kind: UnitKind = unit_kind(unit)(model, layer, **unit_options)
+        auto = unit == "auto"  # channels of a channels-first map, else hidden units
+        self.kind: UnitKind = unit_kind("channels" if auto else unit)(model, layer, **unit_options)
         site = self.kind.site
         self.model, self.images, self.layer = model, images, layer
         self.num_images = images.shape[0]
@@ -98,6 +99,8 @@ class UnitSpace:
             raise ChanattrError(f"{site.name!r} sees {self.activation.shape[0]} rows for {self.num_images} images "
                                 f"(windows or heads folded into the batch): pick another layer or unit")
         layout = detect_layout(model, get_layer(model, site.name), self.activation, layout, site.name)
+        if auto and layout != "nchw":
+            self.kind = unit_kind("hidden")(model, layer, **unit_options)
         self.kind.bind(self.activation, layout)
         self.num_units = self.kind.count()
         self.baseline = self._baseline(baseline)

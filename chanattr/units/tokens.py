@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import UnitKind
-from .layout import prefix_tokens
+from .layout import prefix_tokens_at
 
 
 class Tokens(UnitKind):
@@ -17,11 +17,15 @@ class Tokens(UnitKind):
     def __init__(self, model, layer, *, class_token: bool = False) -> None:
         super().__init__(model, layer)
         self.class_token = bool(class_token)
-        self.prefix = prefix_tokens(model)
+        self.prefix = 0
 
     def wrong_layout(self, layout, activation):
         return (f"unit 'tokens' needs a token sequence (N x T x C); layer {self.layer!r} returns "
                 f"{tuple(activation.shape)} ({layout}): pick a transformer block, or --layout ntc")
+
+    def bind(self, activation, layout):
+        super().bind(activation, layout)
+        self.prefix = prefix_tokens_at(self.model, int(activation.shape[1]))
 
     def count(self) -> int:
         return int(self.shape[0]) - (0 if self.class_token else self.prefix)
