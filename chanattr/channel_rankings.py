@@ -1,7 +1,8 @@
-"""Channel rankings users would otherwise reach for, to compare with the channel extremal
-perturbation: activation norm, gradient x activation (first-order Taylor), single-channel
-ablation, and random. Each returns N x C channel indices, most important first, for the
-images and layer of a ``ChannelSpace`` (whose activations are computed once)."""
+"""Unit rankings users would otherwise reach for, to compare with the unit extremal
+perturbation: activation norm, gradient x activation (first-order Taylor), single-unit
+ablation, and random. Each returns N x U unit indices (channels, hidden units, heads or tokens),
+most important first, for the images and layer of a ``UnitSpace`` (whose activations are
+computed once)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from .pixel import as_targets
 
 
 def rank_by_activation(space: ChannelSpace) -> torch.Tensor:
-    """Channels by the L2 norm of their activation (over spatial positions)."""
-    a = space.activation.flatten(2) if space.activation.dim() > 2 else space.activation[..., None]
-    return a.norm(dim=2).argsort(dim=1, descending=True, stable=True)
+    """Units by the L2 norm of their activation (over the positions, and dimensions, each covers)."""
+    return space.kind.pool(space.activation.float() ** 2).sqrt().argsort(dim=1, descending=True, stable=True)
 
 
 def rank_by_taylor(space: ChannelSpace, target) -> torch.Tensor:

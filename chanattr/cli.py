@@ -392,6 +392,10 @@ def _setup_invert(p: argparse.ArgumentParser) -> None:
                    help="take the salient channels from a `chanattr channels` (or prunegrad) output folder")
     p.add_argument("--area", type=float, metavar="A",
                    help="fraction of channels in the salient subset (default: 0.05, or the smallest area in --from)")
+    p.add_argument("--unit", choices=["channels", "hidden", "heads", "tokens"],
+                   help="what --channels indexes: channels (default), or a transformer's hidden units, heads or "
+                        "tokens (with --from: the folder's unit)")
+    p.add_argument("--layout", choices=["nchw", "ntc", "nhwc"], help="the layer's layout, where chanattr cannot tell")
     p.add_argument("--iterations", type=int, default=300, metavar="N", help="inversion steps (default 300)")
     p.add_argument("--param", choices=["fourier", "pixel"], default="fourier",
                    help="image parameterisation: Lucent's Fourier image (default) or plain pixels")
@@ -412,11 +416,13 @@ def cmd_invert(args: argparse.Namespace) -> int:
     lm = model_from_args(args)
     img = prepare_image(args.image, lm.preprocessing)
     x = img.input[None].to(lm.device)
-    subset, how = salient_channels(lm, x, args.layer, args.channels, args.from_dir, args.area,
-                                   progress=not args.no_progress, parse=_parse_channels)
+    subset, how, unit = salient_channels(lm, x, args.layer, args.channels, args.from_dir, args.area,
+                                         progress=not args.no_progress, parse=_parse_channels, unit=args.unit,
+                                         layout=args.layout)
     summary = write_inversion(folder, lm, img, x, args.layer, subset, how, iterations=args.iterations,
-                              param=args.param, seed=args.seed, progress=None if not args.no_progress else False)
-    print(f"{img.name}: inverted {args.layer} from {summary['counts']} channels ({how}), "
+                              param=args.param, seed=args.seed, progress=None if not args.no_progress else False,
+                              unit=unit, layout=args.layout)
+    print(f"{img.name}: inverted {args.layer} from {summary['counts']} {unit} ({how}), "
           f"{summary['seconds']:.1f} s -> {folder}")
     return 0
 

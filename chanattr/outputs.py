@@ -270,51 +270,57 @@ def read_channel_result(folder: str | Path, layer: str | None = None, unit: str 
 
 
 def salient_channels(lm, x: torch.Tensor, layer: str, choice: str, from_dir: str | None, area: float | None,
-                     *, progress: bool = True, parse=None) -> tuple[list[int] | None, str]:
-    """The channel subset to invert: from a saved channel result, from a fresh channel
-    extremal perturbation (``auto``), all channels (``None``), or explicit indices."""
+                     *, progress: bool = True, parse=None, unit: str | None = None,
+                     layout: str | None = None) -> tuple[list[int] | None, str, str]:
+    """The unit subset to invert: from a saved unit result (its unit kind), from a fresh unit
+    extremal perturbation (``auto``), all units (``None``), or explicit indices. Returns
+    (subset, how it was chosen, the unit kind)."""
     if from_dir is not None:
         check_provenance(from_dir, lm, x)
-        found = read_channel_result(from_dir, layer)
+        found = read_channel_result(from_dir, layer, unit=None)
+        if unit is not None and unit != found["unit"]:
+            raise ChanattrError(f"{from_dir} holds {found['unit']}, not {unit}: drop --unit or give --unit "
+                                f"{found['unit']}")
         masks, areas = found["masks"], found["areas"].tolist()
         c = masks.shape[1]
         if area is None or any(abs(a - area) < 1e-6 for a in areas):
             k = int(np.argmin(areas)) if area is None else int(np.argmin([abs(a - area) for a in areas]))
             count = max(1, round(areas[k] * c))
             order = np.argsort(-masks[k], kind="stable")[:count]
-            return [int(i) for i in order], f"area {areas[k]:g} of {from_dir}"
+            return [int(i) for i in order], f"area {areas[k]:g} of {from_dir}", found["unit"]
         count = max(1, round(area * c))
-        return [int(i) for i in found["ranking"][:count]], f"top {area:g} of {from_dir}"
+        return [int(i) for i in found["ranking"][:count]], f"top {area:g} of {from_dir}", found["unit"]
+    unit = unit or "channels"
     if choice == "all":
-        return None, "all channels"
+        return None, f"all {unit}", unit
     if choice == "auto":
-        from .units.space import channel_extremal_perturbation
+        from .units.space import unit_extremal_perturbation
 
         with torch.no_grad():
             target = int(lm.model(x).argmax(1)[0])
         a = 0.05 if area is None else area
-        result = channel_extremal_perturbation(lm.model, x, target, layer, [a], progress=None if progress else False)
-        return result.kept_channels(0, 0), f"channel extremal perturbation, area {a:g}, target {target}"
+        result = unit_extremal_perturbation(lm.model, x, target, layer, [a], unit=unit, layout=layout,
+                                            progress=None if progress else False)
+        return result.kept_units(0, 0), f"{unit} extremal perturbation, area {a:g}, target {target}", unit
     channels = parse(choice) if parse else [int(t) for t in choice.split(",")]
     if not channels:
-        raise ChanattrError("no channels given: use auto, all or indices like 3,17,42")
-    return channels, "given"
+        raise ChanattrError(f"no {unit} given: use auto, all or indices like 3,17,42")
+    return channels, "given", unit
 
 
 def write_inversion(folder: Path, lm, image, x: torch.Tensor, layer: str, subset: list[int] | None, how: str, *,
-                    iterations: int = 300, param: str = "fourier", seed: int = 0, progress=None) -> dict:
-    """Invert ``layer`` from all channels, the subset and the rest; write ``inversions.npz``,
-    ``inversion.png`` and ``summary.json``."""
+                    iterations: int = 300, param: str = "fourier", seed: int = 0, progress=None,
+                    unit: str = "channels", layout: str | None = None) -> dict:
+    """Invert ``layer`` from all its units (channels, hidden units, heads or tokens), the subset
+    and the rest; write ``inversions.npz``, ``inversion.png`` and ``summary.json``."""
     import matplotlib.pyplot as plt
 
     from inversion import InversionSettings, invert, plot_inversions
     from inversion.invert import channel_mask
 
-    from .hooks import capture
+    from .units.space import UnitSpace
 
-    with torch.no_grad(), capture(lm.model, layer, detach=True) as acts:
-        lm.model(x)
-    c = acts[layer].shape[1]
+    c = UnitSpace(lm.model, x, layer, unit=unit, layout=layout, split="full").num_units
     masks = {"all": torch.ones(c)}
     if subset is not None:
         masks["subset"] = channel_mask(subset, c)
@@ -323,17 +329,19 @@ def write_inversion(folder: Path, lm, image, x: torch.Tensor, layer: str, subset
     names = list(masks)
     result = invert(lm.model, x.expand(len(names), -1, -1, -1), layer, torch.stack([masks[k] for k in names]),
                     lm.preprocessing, settings=InversionSettings(param=param, iterations=iterations), seed=seed,
-                    progress=progress)
+                    progress=progress, unit=unit, layout=layout)
     images = dict(zip(names, result.images.cpu()))
     counts = {k: int(masks[k].sum()) for k in names}
     write_npz(folder / "inversions.npz", original=image.rgb, **images,
-              channels=np.array(sorted(subset) if subset is not None else list(range(c)), dtype=np.int64))
-    fig = plot_inversions(image.rgb, images, counts, c, title=f"{image.name}: inverting {layer}")
+              channels=np.array(sorted(subset) if subset is not None else list(range(c)), dtype=np.int64),
+              unit=np.array(unit))
+    fig = plot_inversions(image.rgb, images, counts, c, title=f"{image.name}: inverting {layer}", unit=unit)
     fig.savefig(folder / "inversion.png", dpi=150)
     plt.close(fig)
-    summary = {"image": image.name, **provenance(lm, x), "layer": layer, "channels": c, "counts": counts,
-               "subset": subset, "subset_from": how, "param": param, "iterations": iterations, "seed": seed,
-               "relative_error": dict(zip(names, result.relative_error.tolist())), "seconds": result.seconds}
+    summary = {"image": image.name, **provenance(lm, x), "layer": layer, "unit": unit, "channels": c, "units": c,
+               "counts": counts, "subset": subset, "subset_from": how, "param": param, "iterations": iterations,
+               "seed": seed, "relative_error": dict(zip(names, result.relative_error.tolist())),
+               "seconds": result.seconds}
     write_json(folder / "summary.json", summary)
     return summary
 

@@ -180,13 +180,15 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer has run."""
 
 
-def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
+def layer_function(model: nn.Module, layer: str, example: torch.Tensor, port: str = "output"):
     """A function ``x -> output of layer`` (differentiable in ``x``) that runs only what the
     layer needs: the split's prefix where the model can be split, else a forward pass with a
-    hook that stops the pass once the layer has run. Returns ``(fn, path)``."""
-    split, _ = split_at(model, layer, example)
-    if split is not None:
-        return (lambda x: split.prefix(x)[0]), "split"
+    hook that stops the pass once the layer has run. ``port="input"``: the layer's first input
+    instead (always the hook). Returns ``(fn, path)``."""
+    if port == "output":
+        split, _ = split_at(model, layer, example)
+        if split is not None:
+            return (lambda x: split.prefix(x)[0]), "split"
     module = get_layer(model, layer)
     call = parse_site(layer)[1] or 0  # NAME#k: the k-th run
     element = parse_element(layer)[1]  # NAME:k / NAME:key: an element of a tuple or dict output
@@ -195,14 +197,14 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor):
         store = {}
         seen = [0]
 
-        def hook(_m, _i, output):
+        def hook(_m, inputs, output=None):
             seen[0] += 1
             if seen[0] <= call:
                 return None
-            store["out"] = get_element(output, element, layer)
+            store["out"] = inputs[0] if port == "input" else get_element(output, element, layer)
             raise _Stop
 
-        handle = module.register_forward_hook(hook)
+        handle = module.register_forward_pre_hook(hook) if port == "input" else module.register_forward_hook(hook)
         try:
             model(x)
         except _Stop:

@@ -11,10 +11,12 @@ from chanattr.plotting import STYLE, _off, plt, to_image
 
 
 def plot_inversions(original: torch.Tensor, inversions: dict[str, torch.Tensor], counts: dict[str, int],
-                    total: int, *, title: str = ""):
+                    total: int, *, title: str = "", unit: str = "channels"):
     """``original``: 3 x H x W in [0, 1]; ``inversions``: name ("all", "subset", "rest") ->
-    3 x H x W in [0, 1]; ``counts``: channels used by each, of ``total``."""
-    names = {"all": "all channels", "subset": "salient channels", "rest": "the other channels"}
+    3 x H x W in [0, 1]; ``counts``: units (``unit``: channels, hidden, heads, tokens) used by
+    each, of ``total``."""
+    word = {"hidden": "hidden units"}.get(unit, unit)
+    names = {"all": f"all {word}", "subset": f"salient {word}", "rest": f"the other {word}"}
     panels = [("original", original, "")] + [
         (names.get(k, k), v, f"{counts[k]} of {total}") for k, v in inversions.items()
     ]

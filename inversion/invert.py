@@ -1,5 +1,6 @@
-"""Feature inversion of a channel subset: an image whose activations at a layer match the
-original's on the selected channels only (the other channels are unconstrained)."""
+"""Feature inversion of a unit subset: an image whose activations at a layer match the
+original's on the selected units only -- channels, or a transformer's hidden units, heads or
+tokens (``unit=``, as in ``chanattr.units``) -- the other units unconstrained."""
 
 from __future__ import annotations
 
@@ -125,11 +126,18 @@ def invert(
     param: str | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    unit: str = "channels",
+    layout: str | None = None,
+    **unit_options,
 ) -> InversionResult:
     """Invert ``layer``'s activations of ``x0`` (B x 3 x H x W, the model's normalised input)
-    on the channels selected by ``channels``: one mask for all (C, boolean or float, or a
-    list of indices) or one per image (B x C). Returns B images in [0, 1].
-    The model runs in eval mode and is left as found."""
+    on the units selected by ``channels``: one mask for all (U, boolean or float, or a list of
+    indices) or one per image (B x U). ``unit``: ``"channels"`` (default), ``"hidden"``,
+    ``"heads"`` or ``"tokens"`` (``chanattr.units``; ``layout`` where it cannot be detected).
+    Returns B images in [0, 1]. The model runs in eval mode and is left as found."""
+    from chanattr.hooks import get_layer
+    from chanattr.units import detect_layout, unit_kind
+
     settings = settings or InversionSettings()
     if iterations is not None:
         settings = InversionSettings(**{**settings.__dict__, "iterations": iterations})
@@ -141,19 +149,24 @@ def invert(
     device = x0.device
     start = time.perf_counter()
     with frozen(model), seeded(seed, device), lucent_device(device):
-        phi, path = layer_function(model, layer, x0[:1])
+        kind = unit_kind(unit)(model, layer, **unit_options)
+        phi, path = layer_function(model, kind.site.name, x0[:1], port=kind.site.port)
         with torch.no_grad():
             target = phi(x0)
-        c = target.shape[1]
+        kind.bind(target, detect_layout(model, get_layer(model, kind.site.name), target, layout, kind.site.name))
+        c = kind.count()
         ch = torch.as_tensor(channels) if not isinstance(channels, torch.Tensor) else channels
         if ch.dim() == 2:
             if ch.shape != (x0.shape[0], c):
-                raise ChanattrError(f"per-image channel masks must be {x0.shape[0]} x {c}")
+                raise ChanattrError(f"per-image {unit} masks must be {x0.shape[0]} x {c}")
             mask = ch.float().to(device)
         else:
             mask = channel_mask(ch, c, device).expand(x0.shape[0], -1)
         if (mask.sum(1) == 0).any():
-            raise ChanattrError("no channel selected: give at least one")
+            raise ChanattrError(f"no {unit} selected: give at least one")
+        counts = mask.sum(1).long().tolist()
+        # B x U -> weights broadcastable to the activation; what is no unit (a class token) is left free
+        mask = kind.expand(mask) - kind.expand(torch.zeros_like(mask))
         image = make_image(settings.param, tuple(x0.shape), device)
         optimiser = torch.optim.Adam(image.params, lr=settings.lr)
         size = tuple(x0.shape[-2:])
@@ -194,5 +207,5 @@ def invert(
         loss_history=torch.stack(history),
         seconds=time.perf_counter() - start,
         info={"layer": layer, "path": path, "param": settings.param, "iterations": settings.iterations,
-              "channels": mask.sum(1).long().tolist()},
+              "channels": counts, "unit": unit, **kind.info()},
     )

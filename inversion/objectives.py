@@ -25,13 +25,18 @@ LAMBDA_TV = {"early": 1.0, "middle": 10.0, "late": 100.0}
 
 
 def channel_weights(mask: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """A B x C channel mask shaped to broadcast over a B x C x ... activation."""
+    """A B x C channel mask shaped to broadcast over a B x C x ... activation (a mask already
+    of the activation's rank, e.g. a unit kind's ``expand``, is returned as it is)."""
+    if mask.dim() == activation.dim():
+        return mask.to(activation.dtype)
     return mask.view(*mask.shape, *([1] * (activation.dim() - 2))).to(activation.dtype)
 
 
 def feature_loss(activation: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image: || m (a - t) ||^2 / || m t ||^2 (B values). Channels with m = 0 do not count:
-    neither the loss nor its gradient depends on them."""
+    """Per image: || m (a - t) ||^2 / || m t ||^2 (B values). ``mask``: B x C channels of a
+    channels-first activation, or weights broadcastable to the activation (any unit kind:
+    ``UnitKind.expand``). Units with m = 0 do not count: neither the loss nor its gradient
+    depends on them."""
     w = channel_weights(mask, activation)
     num = ((w * (activation - target)) ** 2).flatten(1).sum(1)
     den = ((w * target) ** 2).flatten(1).sum(1).clamp(min=1e-12)

@@ -121,9 +121,17 @@ def test_channels_unit_option_on_a_transformer(run_cli, tmp_path, factory, layer
     data = np.load(tmp_path / "channels.npz")
     assert str(data["unit"]) == unit and data["masks"].shape == (1, count)
     assert f"{count} {unit}, ntc" in out
-    # inversion reads the same format, and says it takes channels only
-    code, _, err = run_cli("invert", "chelsea", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size", "16",
-                           "--layer", layer, "--from", tmp_path, "--out", tmp_path / "inv")
+    # inversion reads the same format: the salient units, of the folder's kind
+    code, out, err = run_cli("invert", "chelsea", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size",
+                             "16", "--layer", layer, "--from", tmp_path, "--out", tmp_path / "inv", "--iterations",
+                             "3", "--no-progress")
+    assert code == 0, err
+    inv = json.loads((tmp_path / "inv" / "summary.json").read_text())
+    assert inv["unit"] == unit and inv["counts"]["subset"] == 3 and inv["units"] == count
+    assert f"3 {unit}" in out or f"'subset': 3" in out
+    # visualisation takes channels only so far, and says so
+    code, _, err = run_cli("visualize", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size", "16",
+                           "--layer", layer, "--from", tmp_path, "--out", tmp_path / "vis")
     assert code == 2 and f"holds {unit} of {layer}" in err
 
 

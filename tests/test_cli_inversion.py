@@ -35,7 +35,7 @@ def test_invert_all_and_explicit_channels(run_cli, tmp_path):
     code, _, err = run_cli("invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "all",
                        "--iterations", "3", "--out", tmp_path / "a")
     assert code == 0, err
-    assert set(np.load(tmp_path / "a" / "inversions.npz").files) == {"original", "all", "channels"}
+    assert set(np.load(tmp_path / "a" / "inversions.npz").files) == {"original", "all", "channels", "unit"}
     code, _, err = run_cli("invert", "coffee", *PLANTED, "--layer", "features.0", "--channels", "1,2",
                        "--iterations", "3", "--out", tmp_path / "b")
     assert code == 0, err

@@ -85,7 +85,7 @@ def test_channel_masks_and_bad_input(lite0, chelsea64):
     assert channel_mask(torch.tensor([True, False]), 2).tolist() == [1, 0]
     with pytest.raises(ChanattrError, match="within 0..4"):
         channel_mask([7], 5)
-    with pytest.raises(ChanattrError, match="no channel selected"):
+    with pytest.raises(ChanattrError, match="no channels selected"):
         invert(lite0.model, chelsea64.input[None], "conv_stem", [], SMALL, iterations=1, progress=False)
     with pytest.raises(ChanattrError, match="unknown parameterisation"):
         invert(lite0.model, chelsea64.input[None], "conv_stem", [0], SMALL, iterations=1, param="cppn",
@@ -198,3 +198,42 @@ def test_fourier_default_settings_match_the_selected_channels(lite0, chelsea64):
     err_start = feature_loss(acts["blocks.1"], ref["blocks.1"], sel).sqrt().item()
     assert r.info["param"] == "fourier"
     assert r.relative_error.item() < 0.6 * err_start
+
+
+@pytest.mark.parametrize("layer, unit, subset", [("blocks.0", "hidden", list(range(8))),
+                                                 ("blocks.1.attn", "heads", [1]), ("blocks.0", "tokens", [0, 5, 10])])
+def test_transformer_units_are_inverted_on_the_selected_units_only(layer, unit, subset):
+    """Inversion at a ViT's token layers: the selected hidden units / head / tokens are matched,
+    the rest left free (the same bounds as for channels)."""
+    import timm
+
+    from chanattr import UnitSpace
+    from chanattr.models import Preprocessing
+
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2,
+                                                           num_heads=4, num_classes=3).eval()
+    pre = Preprocessing(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    x = pre.normalize(torch.rand(1, 3, 16, 16))
+    settings = InversionSettings(param="pixel", iterations=150, **EXACT)
+    r = invert(vit, x, layer, subset, pre, settings=settings, progress=False, unit=unit)
+    assert r.info["unit"] == unit
+
+    def errors(images):
+        space = UnitSpace(vit, pre.normalize(images), layer, unit=unit)
+        ref = UnitSpace(vit, x, layer, unit=unit)
+        sel = torch.zeros(1, ref.num_units)
+        sel[0, subset] = 1
+        w = ref.kind.expand(sel)
+        if unit == "tokens":  # the class token is not a unit: leave it out of both
+            w, rest = w.clone(), ref.kind.expand(1 - sel).clone()
+            w[:, 0], rest[:, 0] = 0, 0
+        else:
+            rest = ref.kind.expand(1 - sel)
+        return (feature_loss(space.activation, ref.activation, w).sqrt().item(),
+                feature_loss(space.activation, ref.activation, rest).sqrt().item())
+
+    err_sel, err_rest = errors(r.images)
+    err_start, _ = errors(torch.full_like(r.images, 0.5))
+    assert r.relative_error.item() == pytest.approx(err_sel, rel=1e-3)
+    assert err_sel < 0.25 * err_start and err_sel < 0.5 * err_rest

@@ -205,3 +205,21 @@ def test_prunegrad_on_token_layers_prunes_hidden_units():
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3, depth=2).eval()
     r = prunegrad(vit, torch.randn(1, 3, 32, 32), 1, keep=0.3)
     assert r.info["layers"] == ["blocks.0.mlp.act", "blocks.1.mlp.act"] and r.kept["blocks.1.mlp.act"].shape == (1, 768)
+
+
+def test_pool_is_the_transpose_of_expand_for_every_kind():
+    """<expand(k), v> = <k, pool(v)> for random k and v: each kind's pooling (used by the
+    activation-norm ranking) sums exactly what its mask covers."""
+    cases = [(PlantedViT("hidden"), "blocks.0", "hidden", {}), (PlantedViT("hidden"), "blocks.0", "tokens", {}),
+             (PlantedViT("hidden"), "blocks.0", "tokens", {"class_token": True}),
+             (PlantedViT("heads"), "blocks.0.attn", "heads", {})]
+    from models_gt import PlantedConvNet
+
+    cases.append((PlantedConvNet(), "features.2", "channels", {}))
+    for model, layer, unit, options in cases:
+        space = UnitSpace(model.eval(), textured(16, 2), layer, unit=unit, **options)
+        k = torch.rand(2, space.num_units)
+        v = torch.randn_like(space.activation)
+        lhs = (space.kind.expand(k) * v).flatten(1).sum(1)
+        lhs = lhs - (space.kind.expand(torch.zeros_like(k)) * v).flatten(1).sum(1)  # tokens: prefix always 1
+        assert torch.allclose(lhs, (k * space.kind.pool(v)).sum(1), atol=1e-4), unit

@@ -59,6 +59,11 @@ class UnitKind:
         """``keep`` (B x U) as a tensor broadcastable to B x (the site's shape)."""
         raise NotImplementedError
 
+    def pool(self, values: torch.Tensor) -> torch.Tensor:
+        """B x (the site's shape) -> B x U: the sum over what each unit covers (the transpose of
+        ``expand``), e.g. a unit's squared activation norm from the squared activation."""
+        raise NotImplementedError
+
     def info(self) -> dict:
         return {"unit": self.name, "layout": self.layout, "units": self.count(), "site": self.site.name,
                 "port": self.site.port}

@@ -21,3 +21,6 @@ class Channels(UnitKind):
 
     def expand(self, keep: torch.Tensor) -> torch.Tensor:
         return view_along(keep, 1, len(self.shape) + 1)
+
+    def pool(self, values: torch.Tensor) -> torch.Tensor:
+        return values.flatten(2).sum(2) if values.dim() > 2 else values

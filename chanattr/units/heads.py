@@ -62,6 +62,9 @@ class Heads(UnitKind):
         width = self.shape[-1] // self.heads
         return view_along(keep.repeat_interleave(width, dim=1), len(self.shape), len(self.shape) + 1)
 
+    def pool(self, values: torch.Tensor) -> torch.Tensor:
+        return values.flatten(1, -2).sum(1).view(values.shape[0], self.heads, -1).sum(2)
+
     def info(self) -> dict:
         return {**super().info(), "head_dim": self.shape[-1] // self.heads}
 

@@ -26,3 +26,6 @@ class Hidden(UnitKind):
 
     def expand(self, keep: torch.Tensor) -> torch.Tensor:
         return view_along(keep, len(self.shape), len(self.shape) + 1)
+
+    def pool(self, values: torch.Tensor) -> torch.Tensor:
+        return values.flatten(1, -2).sum(1) if values.dim() > 2 else values

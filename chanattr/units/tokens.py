@@ -40,5 +40,8 @@ class Tokens(UnitKind):
             keep = torch.cat([keep.new_ones(keep.shape[0], self.first), keep], dim=1)
         return keep[:, :, None]
 
+    def pool(self, values: torch.Tensor) -> torch.Tensor:
+        return values.sum(2)[:, self.first :]
+
     def info(self) -> dict:
         return {**super().info(), "prefix_tokens": self.prefix, "class_token_masked": self.class_token}
