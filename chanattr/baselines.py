@@ -23,7 +23,7 @@ from torch import nn
 from .errors import ChanattrError
 from .model_output import logits_model
 from .hooks import capture, frozen, get_layer, list_layers
-from .pixel import as_targets, check_batch
+from .batch import as_targets, check_batch
 
 
 def _captum():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .units.space import ChannelSpace
-from .pixel import as_targets
+from .batch import as_targets
 
 
 def rank_by_activation(space: ChannelSpace) -> torch.Tensor:

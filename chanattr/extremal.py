@@ -35,7 +35,9 @@ class PerturbationSpace(Protocol):
     Optional, for ``Schedule(start="search")``: ``candidates(area, variant, side)`` (P x params
     start masks, the same for every image, scored here as binary masks of the area), or
     ``search(image_index, targets, areas, variant, reward_kind, keep)`` (the space's own search:
-    ``keep`` starts per item, (items * keep) x params)."""
+    ``keep`` starts per item, (items * keep) x params). Optional, for ``Schedule.jitter``:
+    ``mirrors = True`` and a ``flip`` keyword of ``logits`` (the pixel space mirrors its input;
+    other spaces are never asked to)."""
 
     num_images: int
 
@@ -45,9 +47,9 @@ class PerturbationSpace(Protocol):
     def masks(self, params: torch.Tensor) -> torch.Tensor:
         """num_items x M mask entries in [0, 1]: what the area constraint counts."""
 
-    def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool) -> torch.Tensor:
+    def logits(self, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         """Model outputs (B x classes) with each image ``image_index[b]`` perturbed by ``keep[b]``
-        (B x M, as returned by ``masks``); ``flip``: mirror the input (ignored where meaningless)."""
+        (B x M, as returned by ``masks``)."""
 
 
 # --- rewards, area constraint -----------------------------------------------------------------
@@ -342,10 +344,11 @@ def optimise(
     best = torch.full((params.shape[0],), float("-inf"), device=device)  # best objective of a binary mask
     rewards, penalties = [], []
     previous, calm, last_better = None, 0, 0
+    mirrors = schedule.jitter and getattr(space, "mirrors", False)  # the space owns mirroring
     bar = tqdm(total=schedule.iterations, desc=description, disable=not show_progress(progress), leave=False)
     t = 0
     for t in range(schedule.iterations):
-        flip = schedule.jitter and t % 2 == 1
+        flip = mirrors and t % 2 == 1
         mask = space.masks(params)
         binary = t >= hard_from
         value = _variant_reward(space, harden(mask, item_areas) if binary else mask, image_index, item_targets,
@@ -488,11 +491,24 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
     return torch.cat(chosen)
 
 
+def _logits(space, keep, image_index, flip: bool) -> torch.Tensor:
+    return space.logits(keep, image_index, flip=True) if flip else space.logits(keep, image_index)
+
+
 def _variant_reward(space, mask, image_index, targets, variant, kind, flip) -> torch.Tensor:
     if variant == "preserve":
-        return reward(space.logits(mask, image_index, flip), targets, kind)
+        return reward(_logits(space, mask, image_index, flip), targets, kind)
     if variant == "delete":
-        return reward(space.logits(1 - mask, image_index, flip), targets, kind)
-    both = space.logits(torch.cat([mask, 1 - mask]), torch.cat([image_index, image_index]), flip)
+        return reward(_logits(space, 1 - mask, image_index, flip), targets, kind)
+    both = _logits(space, torch.cat([mask, 1 - mask]), torch.cat([image_index, image_index]), flip)
     r = reward(both, torch.cat([targets, targets]), kind)
     return r[: mask.shape[0]] - r[mask.shape[0] :]
+
+
+def with_iterations(schedule: Schedule, iterations: int, allow_zero: bool = False) -> Schedule:
+    """A copy of ``schedule`` with at most ``iterations`` steps (0: the search alone, where allowed)."""
+    from dataclasses import replace
+
+    if iterations < (0 if allow_zero else 1):
+        raise ChanattrError("iterations must be at least 1" + (" (0: the search alone)" if allow_zero else ""))
+    return replace(schedule, iterations=iterations, min_iterations=min(schedule.min_iterations, iterations))

@@ -32,9 +32,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .batch import as_targets, check_batch
 from .errors import ChanattrError
 from .model_output import OutputSpec, logits_model
-from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule
+from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule, with_iterations
 from .hooks import frozen
 from .perturbations import gaussian_blur, make_perturbation
 from .smooth_mask import SmoothMask
@@ -44,22 +45,6 @@ PERTURBATIONS = ("blur", "fade")
 #: The smooth mask of each preset: the paper's formula (every bump, none past the border) or
 #: the windowed one with replicated borders (``chanattr.smooth_mask``).
 MASK_FORMS = {"paper": {"padding": "none", "reach": 2.5}, "fast": {"padding": "replicate", "reach": 2.5}}
-
-
-def as_targets(target: int | Sequence[int] | torch.Tensor, n: int, device=None) -> torch.Tensor:
-    """One class index per image: an int (for all), a sequence or a tensor of length n."""
-    t = torch.as_tensor(target, dtype=torch.long, device=device).flatten()
-    if t.numel() == 1:
-        t = t.expand(n).clone()
-    if t.numel() != n:
-        raise ChanattrError(f"got {t.numel()} targets for {n} images: give one, or one per image")
-    return t
-
-
-def check_batch(x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
-        raise ChanattrError("the input must be a 3 x H x W or N x 3 x H x W tensor")
-    return x[None] if x.dim() == 3 else x
 
 
 class PixelSpace:
@@ -166,7 +151,10 @@ class PixelSpace:
         """The images seen by the model for keep masks (B x M, as from ``masks``)."""
         return self.perturbation.apply(self.full_masks(keep)[:, None], image_index)
 
-    def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool) -> torch.Tensor:
+    #: the optimiser's ``Schedule.jitter`` mirrors this space's input every other step
+    mirrors = True
+
+    def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool = False) -> torch.Tensor:
         x = self.perturb(keep, image_index)
         return self.model(x.flip(-1) if flip else x)
 
@@ -229,7 +217,7 @@ def extremal_perturbation(
     targets = as_targets(target, x.shape[0], x.device)
     schedule = schedule or preset_schedule(preset)
     if iterations is not None:
-        schedule = _with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
+        schedule = with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
         space = PixelSpace(logits_model(model, output), x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
@@ -256,11 +244,3 @@ def extremal_perturbation(
         info={"space": "pixel", "preset": preset, "perturbation": perturbation, "step": space.step,
               "sigma": space.sigma, "max_blur": space.max_blur, "area_margin": area_margin},
     )
-
-
-def _with_iterations(schedule: Schedule, iterations: int, allow_zero: bool = False) -> Schedule:
-    from dataclasses import replace
-
-    if iterations < (0 if allow_zero else 1):
-        raise ChanattrError("iterations must be at least 1" + (" (0: the search alone)" if allow_zero else ""))
-    return replace(schedule, iterations=iterations, min_iterations=min(schedule.min_iterations, iterations))

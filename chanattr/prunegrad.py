@@ -38,7 +38,7 @@ from torch import nn
 from .errors import ChanattrError
 from .model_output import OutputSpec, logits_model
 from .hooks import LayerHooks, frozen, get_layer, list_layers
-from .pixel import as_targets, check_batch
+from .batch import as_targets, check_batch
 
 #: Activation types whose outputs are neurons (class names: torch's, timm's, Hugging Face's).
 NEURON_TYPES = ("ReLU", "ReLU6", "SiLU", "Swish", "GELU", "GELUTanh", "QuickGELU", "GELUActivation",

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from ..errors import ChanattrError
-from ..extremal import ExtremalResult, Schedule, check_areas, optimise
+from ..extremal import ExtremalResult, Schedule, check_areas, optimise, with_iterations
 from ..hooks import LayerHooks, edit, frozen, get_layer
 from ..model_output import OutputSpec, logits_model, unwrap
-from ..pixel import _with_iterations, as_targets, check_batch
+from ..batch import as_targets, check_batch
 from ..split import split_at
 from . import UnitKind, detect_layout, unit_kind
 from .layout import position_dims
@@ -156,8 +156,8 @@ class UnitSpace:
     def masks(self, params: torch.Tensor) -> torch.Tensor:
         return params
 
-    def logits(self, keep: torch.Tensor, image_index: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Model outputs with the layer's units mixed by ``keep`` (B x U); ``flip`` is ignored.
+    def logits(self, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Model outputs with the layer's units mixed by ``keep`` (B x U).
         The model runs in eval mode without parameter gradients, and is left as found."""
         with frozen(self.model):
             if self.split is not None:
@@ -368,7 +368,7 @@ def unit_extremal_perturbation(
     targets = as_targets(target, x.shape[0], x.device)
     schedule = schedule or CHANNEL_SCHEDULE
     if iterations is not None:
-        schedule = _with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
+        schedule = with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
         if space is None:
