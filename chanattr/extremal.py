@@ -34,8 +34,8 @@ class PerturbationSpace(Protocol):
 
     Optional, for ``Schedule(start="search")``: ``candidates(area, variant, side)`` (P x params
     start masks, the same for every image, scored here as binary masks of the area), or
-    ``search(image_index, targets, areas, variant, reward_kind, keep)`` (the space's own search:
-    ``keep`` starts per item, (items * keep) x params). Optional, for ``Schedule.jitter``:
+    ``search(image_index, targets, areas, variant, reward_kind, keep, progress=...)`` (the space's
+    own search: ``keep`` starts per item, (items * keep) x params; a progress bar when asked). Optional, for ``Schedule.jitter``:
     ``mirrors = True`` and a ``flip`` keyword of ``logits`` (the pixel space mirrors its input;
     other spaces are never asked to)."""
 
@@ -315,11 +315,14 @@ def optimise(
     image_index = torch.arange(n, device=device).repeat_interleave(k * r)
     item_targets = targets.to(device)[image_index]
     item_areas = area_t.repeat_interleave(r).repeat(n)
-    if searching and hasattr(space, "search"):  # a space that owns its search (channels: greedy elimination)
-        params = space.search(image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r)
+    shown = show_progress(progress)
+    if searching and hasattr(space, "search"):  # a space that owns its search (units: greedy elimination)
+        params = space.search(image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r,
+                              progress=shown)
     elif searching:
         params = _search(space, image_index[::r], item_targets[::r], item_areas[::r], variant, reward_kind, r,
-                         schedule.search_pairs, schedule.search_side, schedule.search_parts)
+                         schedule.search_pairs, schedule.search_side, schedule.search_parts,
+                         progress=shown, description=f"{description}: search")
     elif schedule.start == "input":  # the unperturbed input: keep = 1 everywhere
         params = space.init_params(n * k * r, {"preserve": 1.0, "delete": 0.0, "dual": 0.5}[variant])
     elif schedule.start == "ones":
@@ -345,7 +348,7 @@ def optimise(
     rewards, penalties = [], []
     previous, calm, last_better = None, 0, 0
     mirrors = schedule.jitter and getattr(space, "mirrors", False)  # the space owns mirroring
-    bar = tqdm(total=schedule.iterations, desc=description, disable=not show_progress(progress), leave=False)
+    bar = tqdm(total=schedule.iterations, desc=description, disable=not shown, leave=False)
     t = 0
     for t in range(schedule.iterations):
         flip = mirrors and t % 2 == 1
@@ -423,7 +426,8 @@ def optimise(
 
 @torch.no_grad()
 def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pairs: int = 8, side: int = 0,
-            parts: int = 3, batch_size: int = 32) -> torch.Tensor:
+            parts: int = 3, batch_size: int = 32, progress: bool = False,
+            description: str = "search") -> torch.Tensor:
     """Each item's ``keep`` best starts among the space's candidate masks, scored as binary
     masks of exactly the item's area (like the extremal score): the candidates at that area,
     and, for k = 2 .. ``parts``, the unions of k of the ``pairs`` best candidates at 1/k of the
@@ -469,7 +473,7 @@ def _search(space, image_index, targets, areas, variant, kind, keep: int = 1, pa
         return memo[key]
 
     chosen = []
-    for item in range(image_index.shape[0]):
+    for item in tqdm(range(image_index.shape[0]), desc=description, unit="mask", disable=not progress, leave=False):
         area = float(areas[item])
         cands = space.candidates(area, variant, side)  # P x params
         hard, off = candidate_masks(area, area)

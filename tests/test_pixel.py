@@ -294,3 +294,20 @@ def test_extremal_score_feathered_and_probability(region):
     assert feathered[0] > feathered[1] > feathered[2]
     with pytest.raises(ChanattrError, match="feather"):
         extremal_score(region, x, box, 0, [AREA], feather=-1)
+
+
+def test_the_search_shows_progress_when_asked(capsys):
+    """The disc search (the first part of a fast run) and the unit spaces' greedy search show a
+    progress bar when progress is on, and nothing when it is off."""
+    from chanattr import unit_extremal_perturbation
+    from models_gt import PlantedConvNet, region_net, textured
+
+    net = region_net().eval()
+    x = textured(48, 1)
+    extremal_perturbation(net, x, 0, [0.1], iterations=0, progress=True)
+    assert "extremal (preserve): search" in capsys.readouterr().err
+    extremal_perturbation(net, x, 0, [0.1], iterations=0, progress=False)
+    assert "search" not in capsys.readouterr().err
+    unit_extremal_perturbation(PlantedConvNet().eval(), textured(16, 1), 0, "features.2", [0.2], iterations=0,
+                               progress=True)
+    assert "channels at features.2: greedy search" in capsys.readouterr().err

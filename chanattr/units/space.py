@@ -175,7 +175,8 @@ class UnitSpace:
 
     @torch.no_grad()
     def search(self, image_index: torch.Tensor, targets: torch.Tensor, areas: torch.Tensor, variant: str,
-               reward_kind: str, keep: int = 1, chunk: float = 0.25, batch_size: int = 64) -> torch.Tensor:
+               reward_kind: str, keep: int = 1, chunk: float = 0.25, batch_size: int = 64,
+               progress: bool = False) -> torch.Tensor:
         """Starts by greedy elimination, evaluated exactly (not by gradients).
 
         The salient mask m starts with every channel in it (``preserve``: all kept; ``delete``:
@@ -194,7 +195,10 @@ class UnitSpace:
         keys = [(int(image_index[j]), int(targets[j])) for j in range(image_index.shape[0])]
         paths: dict = {}
         out = []
-        for item, key in enumerate(keys):
+        from tqdm.auto import tqdm
+
+        for item, key in enumerate(tqdm(keys, desc=f"{self.unit} at {self.layer}: greedy search", unit="mask",
+                                        disable=not progress, leave=False)):
             if key not in paths:
                 wanted = sorted({n for k, n in zip(keys, counts) if k == key}, reverse=True)
                 paths[key] = self._greedy(key[0], key[1], wanted, variant, reward_kind, chunk, batch_size)
