@@ -95,17 +95,25 @@ class LoadedModel:
 
     def fingerprint(self) -> str:
         """SHA-1 (12 hex digits) over every parameter and buffer of the model: two runs with the
-        same fingerprint used the same network."""
+        same fingerprint used the same network. Computed once, and again only when a tensor has
+        been written since (torch's in-place version counters) or replaced."""
         import hashlib
 
         from .hooks import model_state
 
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        stamp = tuple((id(t), t._version) for t in tensors)
+        cached = self.extra.get("_fingerprint")
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         state = model_state(self.model)
         h = hashlib.sha1()
         for kind in ("parameters", "buffers"):
             for name, digest in state[kind].items():
                 h.update(f"{kind}:{name}:{digest};".encode())
-        return h.hexdigest()[:12]
+        value = h.hexdigest()[:12]
+        self.extra["_fingerprint"] = (stamp, value)
+        return value
 
     def check_target(self, target: int) -> int:
         """Raise a clear error if ``target`` is not a class index of this model."""

@@ -121,3 +121,21 @@ def test_check_target(lite0):
     assert lite0.check_target(5) == 5
     with pytest.raises(ChanattrError, match="outside this model's classes 0..999"):
         lite0.check_target(1000)
+
+
+def test_fingerprint_is_cached_until_a_tensor_changes():
+    import torch
+
+    from chanattr import load_model
+
+    lm = load_model("tests/models_gt.py:random_conv", seed=3)
+    first = lm.fingerprint()
+    assert lm.fingerprint() == first  # cached: the same tensors, unwritten
+    p = next(lm.model.parameters())
+    saved = p.detach().clone()
+    with torch.no_grad():
+        p.add_(1.0)  # an in-place write bumps the version counter
+    assert lm.fingerprint() != first
+    with torch.no_grad():
+        p.copy_(saved)
+    assert lm.fingerprint() == first
