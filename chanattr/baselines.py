@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ChanattrError
-from .model_output import logits_model
+from .model_output import target_model
 from .hooks import capture, frozen, get_layer, list_layers
 from .batch import as_targets, check_batch
 
@@ -241,7 +241,7 @@ def saliency(method: str, model: nn.Module, x: torch.Tensor, target, *, output=N
         takes = ", ".join(_options(method)) or "no options"
         raise ChanattrError(f"{method} takes no option {', '.join(map(repr, unknown))}: it takes {takes}")
     x = check_batch(x)
+    model, target = target_model(model, target, output)
     targets = as_targets(target, x.shape[0], x.device)
-    model = logits_model(model, output)
     with frozen(model):
         return METHODS[method](model, x, targets, **kwargs)

@@ -10,7 +10,7 @@ callable). The wrapper shares the model's modules under their own names (``block
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -94,6 +94,21 @@ def logits_model(model: nn.Module, output: OutputSpec = None) -> nn.Module:
             return model
         model = model._wrapped
     return LogitsModel(model, output)
+
+
+TargetSpec = Union[int, Sequence[int], torch.Tensor, Callable]
+
+
+def target_model(model: nn.Module, target, output: OutputSpec = None) -> tuple[nn.Module, object]:
+    """The model and target a method explains. A callable ``target`` -- ``fn(out) -> N scores``,
+    one per image (the mean of a class over a region of a segmentation, a detector's score for
+    one box, a regression output), ``out`` the model's output (or ``select_output(out, output)``
+    when ``output`` is given) -- becomes the wrapped model's only "class", index 0; a class
+    index (int, list, tensor) stays as it is, with the model returning its logits."""
+    if callable(target):
+        fn = target if output is None else (lambda out: target(select_output(out, output)))
+        return logits_model(model, fn), 0
+    return logits_model(model, output), target
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from torch import nn
 
 from .batch import as_targets, check_batch
 from .errors import ChanattrError
-from .model_output import OutputSpec, logits_model
+from .model_output import OutputSpec, target_model
 from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule, with_iterations
 from .hooks import frozen
 from .perturbations import gaussian_blur, make_perturbation
@@ -201,7 +201,9 @@ def extremal_perturbation(
 ) -> PixelResult:
     """Extremal perturbations of N images (``x``: N x C x H x W, the model's normalised input).
 
-    ``target``: one class index, or one per image. ``areas``: fractions of the image in (0, 1).
+    ``target``: one class index, one per image, or a function of the model's output giving one
+    score per image (``fn(out) -> N``: a segmentation class over a region, a detector's box
+    score, a regression output). ``areas``: fractions of the image in (0, 1).
     ``preset``: ``"fast"`` (default) or ``"paper"`` (module docs); it picks the schedule and
     the smooth mask's form. ``schedule`` replaces the preset's schedule; ``iterations``
     overrides its iteration count (the most iterations; ``fast`` stops earlier once the masks
@@ -214,13 +216,14 @@ def extremal_perturbation(
     """
     x = check_batch(x)
     areas = check_areas(areas)
+    model, target = target_model(model, target, output)
     targets = as_targets(target, x.shape[0], x.device)
     schedule = schedule or preset_schedule(preset)
     if iterations is not None:
         schedule = with_iterations(schedule, iterations, allow_zero=schedule.start == "search")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
-        space = PixelSpace(logits_model(model, output), x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
+        space = PixelSpace(model, x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
                            mask_form=preset, area_margin=area_margin)
         params, out = optimise(
             space, targets, areas, variant=variant, reward_kind=reward, schedule=schedule,

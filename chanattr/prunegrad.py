@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
-from .model_output import OutputSpec, logits_model
+from .model_output import OutputSpec, target_model
 from .hooks import LayerHooks, frozen, get_layer, list_layers
 from .batch import as_targets, check_batch
 
@@ -178,7 +178,7 @@ def prunegrad(
     holds the logits (``chanattr.model_output.select_output``). The model runs in eval mode and
     is left as found."""
     x = check_batch(x)
-    model = logits_model(model, output)
+    model, target = target_model(model, target, output)
     if criterion not in CRITERIA:
         raise ChanattrError(f"unknown criterion {criterion!r}: use abs (the paper's) or signed")
     if layers is not None and layer_types is not None:

@@ -223,3 +223,41 @@ def test_pool_is_the_transpose_of_expand_for_every_kind():
         lhs = (space.kind.expand(k) * v).flatten(1).sum(1)
         lhs = lhs - (space.kind.expand(torch.zeros_like(k)) * v).flatten(1).sum(1)  # tokens: prefix always 1
         assert torch.allclose(lhs, (k * space.kind.pool(v)).sum(1), atol=1e-4), unit
+
+
+def test_a_function_of_the_output_as_the_target():
+    """target=fn(output) -> N scores: a segmentation model's class-1 score averaged over a box.
+    The class-1 map is each pixel's fine detail, everywhere, so only the target function ties
+    the explanation to the box: the preserve mask at the box's area must find the box. For a
+    class index written as a function the methods give what the index gives."""
+    from chanattr import extremal_perturbation, prunegrad
+    from models_gt import PlantedConvNet, box_mask
+
+    class Segmenter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+            self.detail = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+            self.detail.weight.data = lap.expand(1, 3, 3, 3).clone() / 3
+
+        def forward(self, x):
+            d = self.detail(x) ** 2
+            return {"masks": torch.cat([torch.ones_like(d), d], 1)}  # N x 2 x H x W
+
+    box = (4, 14, 10, 10)
+    inside = box_mask(32, box)
+
+    def class1_in_box(out):
+        return out["masks"][:, 1][:, inside].mean(1)
+
+    r = extremal_perturbation(Segmenter().eval(), textured(32, 1), class1_in_box, [100 / 32**2], progress=False)
+    found = r.binary_masks()[0, 0] > 0.5
+    iou = (found & inside).sum() / (found | inside).sum()
+    assert iou > 0.5, float(iou)
+    # a class index written as a function: the same results as the index
+    model, x = PlantedConvNet().eval(), textured(16, 1)
+    a = unit_extremal_perturbation(model, x, 0, "features.2", [0.1875], iterations=0, progress=False)
+    b = unit_extremal_perturbation(model, x, lambda out: out[:, 0], "features.2", [0.1875], iterations=0,
+                                   progress=False)
+    assert torch.equal(a.masks, b.masks)
+    assert torch.allclose(prunegrad(model, x, lambda out: out[:, 0]).saliency, prunegrad(model, x, 0).saliency)

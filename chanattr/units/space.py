@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ChanattrError
 from ..extremal import ExtremalResult, Schedule, check_areas, optimise, with_iterations
 from ..hooks import LayerHooks, edit, frozen, get_layer
-from ..model_output import OutputSpec, logits_model, unwrap
+from ..model_output import OutputSpec, logits_model, target_model, unwrap
 from ..batch import as_targets, check_batch
 from ..split import split_at
 from . import UnitKind, detect_layout, unit_kind
@@ -353,7 +353,8 @@ def unit_extremal_perturbation(
 
     ``unit``: ``"channels"``, ``"hidden"``, ``"heads"`` or ``"tokens"`` (``chanattr.units``),
     ``layout`` where it cannot be detected, ``unit_options`` for the kind (tokens:
-    ``class_token=True``). ``areas``: fractions of the layer's units. ``output``: which of the
+    ``class_token=True``). ``target``: a class index (or one per image), or a function of the
+    model's output giving one score per image (``chanattr.model_output.target_model``). ``areas``: fractions of the layer's units. ``output``: which of the
     model's outputs holds the logits (an index, a key, a callable; default: the tensor, or
     ``logits``). Returns a ``UnitResult`` with masks N x K x U in [0, 1]; ``info`` says the unit,
     layout, count and whether the split or the full path ran. ``baseline`` (default ``"zero"``)
@@ -364,6 +365,7 @@ def unit_extremal_perturbation(
     ``seed`` seeds only ``Schedule.init_noise``.
     """
     x = check_batch(x)
+    model, target = target_model(model, target, output)
     if space is not None:
         _check_space(space, model, x, layer, baseline, split, unit)
     baseline = "zero" if baseline is None else baseline
@@ -377,7 +379,7 @@ def unit_extremal_perturbation(
         torch.manual_seed(seed)
         if space is None:
             space = UnitSpace(model, x.detach(), layer, unit=unit, layout=layout, baseline=baseline, split=split,
-                              output=output, **unit_options)
+                              **unit_options)
         params, out = optimise(
             space, targets, areas, variant=variant, reward_kind=reward, schedule=schedule,
             progress=progress, description=f"{space.unit} at {layer} ({variant})",
