@@ -433,6 +433,9 @@ def _setup_visualize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="visualise the top channels of a `chanattr channels` (or prunegrad) output folder")
     p.add_argument("--top", type=int, default=12, metavar="N", help="with --from: how many channels (default 12)")
+    p.add_argument("--unit", choices=["channels", "hidden", "heads", "tokens"],
+                   help="what --channels indexes: channels (default) or a transformer's hidden units, heads or tokens "
+                        "(with --from: the folder's unit)")
     p.add_argument("--iterations", type=int, default=256, metavar="N", help="optimisation steps (default 256)")
     add_output_args(p)
     add_model_args(p)
@@ -448,6 +451,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise ChanattrError("--iterations must be at least 1")
     folder = output_dir(args.out, ("channels.png", "visualizations.npz"), args.overwrite)
     lm = model_from_args(args)
+    unit = args.unit or "channels"
     if args.channels is not None:
         channels, labels = _parse_channels(args.channels), None
         if not channels:
@@ -456,13 +460,16 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         from .outputs import check_provenance
 
         check_provenance(args.from_dir, lm)
-        found = read_channel_result(args.from_dir, args.layer)
+        found = read_channel_result(args.from_dir, args.layer, unit=None)
+        if args.unit is not None and args.unit != found["unit"]:
+            raise ChanattrError(f"{args.from_dir} holds {found['unit']}, not {args.unit}: drop --unit")
+        unit = found["unit"]
         order = found["ranking"][: max(1, args.top)]
         channels = [int(c) for c in order]
         labels = [f"#{c}  m={found['values'][c]:.2f}" for c in channels]
     summary = write_visualisation(folder, lm, args.layer, channels, labels, iterations=args.iterations,
-                                  seed=args.seed, progress=None if not args.no_progress else False)
-    print(f"visualised {len(channels)} channels of {args.layer} in {summary['seconds']:.1f} s -> {folder}")
+                                  seed=args.seed, progress=None if not args.no_progress else False, unit=unit)
+    print(f"visualised {len(channels)} {unit} of {args.layer} in {summary['seconds']:.1f} s -> {folder}")
     return 0
 
 

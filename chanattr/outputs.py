@@ -260,8 +260,7 @@ def read_channel_result(folder: str | Path, layer: str | None = None, unit: str 
         saved_unit = str(data["unit"]) if "unit" in data.files else "channels"
         layout = str(data["layout"]) if "layout" in data.files else "nchw"
     if unit is not None and saved_unit != unit:
-        raise ChanattrError(f"{path} holds {saved_unit} of {saved}, and inversion and visualisation take channels only "
-                            f"so far: use a folder of `chanattr channels --unit channels`")
+        raise ChanattrError(f"{path} holds {saved_unit} of {saved}, not {unit}: give --unit {saved_unit}")
     if layer is not None and saved != layer:
         raise ChanattrError(f"{path} holds channels of layer {saved!r}, not {layer!r}: pass --layer {saved}")
     values = masks.mean(0)
@@ -347,7 +346,7 @@ def write_inversion(folder: Path, lm, image, x: torch.Tensor, layer: str, subset
 
 
 def write_visualisation(folder: Path, lm, layer: str, channels: list[int], labels: list[str] | None, *,
-                        iterations: int = 256, seed: int = 0, progress=None) -> dict:
+                        iterations: int = 256, seed: int = 0, progress=None, unit: str = "channels") -> dict:
     """Activation maximisation of each channel; ``channels.png`` (the grid) and
     ``visualizations.npz``."""
     import matplotlib.pyplot as plt
@@ -355,14 +354,14 @@ def write_visualisation(folder: Path, lm, layer: str, channels: list[int], label
     from inversion import plot_channel_grid, visualize_channels
 
     v = visualize_channels(lm.model, layer, channels, lm.preprocessing, iterations=iterations, seed=seed,
-                           progress=progress)
+                           progress=progress, unit=unit)
     labels = labels or [f"#{c}" for c in channels]
     write_npz(folder / "visualizations.npz", images=v.images, channels=np.array(channels, dtype=np.int64),
               activation=v.activation)
-    fig = plot_channel_grid(v.images, labels, title=f"{lm.name}, {layer}: channels")
+    fig = plot_channel_grid(v.images, labels, title=f"{lm.name}, {layer}: {unit}")
     fig.savefig(folder / "channels.png", dpi=150)
     plt.close(fig)
-    return {"channels": channels, "seconds": v.seconds}
+    return {"channels": channels, "unit": unit, "seconds": v.seconds}
 
 
 def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int, plain: torch.Tensor) -> dict:

@@ -49,10 +49,17 @@ def visualize_channels(
     device: torch.device | str | None = None,
     progress: bool | None = None,
     batch_size: int = 8,
+    unit: str = "channels",
+    layout: str | None = None,
 ) -> Visualisation:
-    """One image per channel that maximises that channel's mean activation at ``layer``
-    (all channels optimised together, ``batch_size`` at a time). The model runs in eval
-    mode and is left as found."""
+    """One image per unit that maximises that unit's mean activation at ``layer`` (all units
+    optimised together, ``batch_size`` at a time). ``unit``: ``"channels"`` (default), or a
+    transformer's ``"hidden"`` units, ``"heads"`` or ``"tokens"`` (``chanattr.units``): the
+    mean over what the unit covers (a hidden unit over every token, a head over its slice and
+    every token). The model runs in eval mode and is left as found."""
+    from chanattr.hooks import get_layer
+    from chanattr.units import detect_layout, unit_kind
+
     channels = [int(c) for c in channels]
     if not channels:
         raise ChanattrError("give at least one channel to visualise")
@@ -66,12 +73,33 @@ def visualize_channels(
     images, reached = [], []
     with frozen(model), seeded(seed, device), lucent_device(device):
         example = torch.zeros(1, preprocessing.channels, size, size, device=device)
-        phi, path = layer_function(model, layer, example)
+        kind = unit_kind(unit)(model, layer)
+        phi, path = layer_function(model, kind.site.name, example, port=kind.site.port)
         with torch.no_grad():
-            c = phi(example).shape[1]
+            a0 = phi(example)
+        kind.bind(a0, detect_layout(model, get_layer(model, kind.site.name), a0, layout, kind.site.name))
+        c = kind.count()
         bad = [ch for ch in channels if not 0 <= ch < c]
         if bad:
-            raise ChanattrError(f"layer {layer!r} has channels 0..{c - 1}; got {bad[0]}")
+            raise ChanattrError(f"layer {layer!r} has {unit} 0..{c - 1}; got {bad[0]}")
+        covered = kind.pool(torch.ones_like(a0[:1]))[0]  # how many values each unit averages
+        try:  # the transforms change the image's size; a model built for one size (a ViT) gets it back
+            with torch.no_grad():
+                phi(torch.zeros(1, preprocessing.channels, size + 6, size + 6, device=device))
+            fixed = False
+        except Exception:
+            fixed = True
+
+        def sized(images: torch.Tensor) -> torch.Tensor:
+            if fixed and images.shape[-2:] != (size, size):
+                return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+            return images
+
+        def unit_activation(a: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+            if unit == "channels":
+                return channel_activation(a, chunk)
+            pooled = kind.pool(a) / covered
+            return pooled[torch.arange(a.shape[0], device=a.device), chunk]
         transform = robustness(None, jitter=8, scale=0.1, rotate=10)
         total = iterations * ((len(channels) + batch_size - 1) // batch_size)
         bar = tqdm(total=total, desc=f"visualising {layer}", disable=not show_progress(progress), leave=False)
@@ -81,7 +109,7 @@ def visualize_channels(
             optimiser = torch.optim.Adam(image.params, lr=lr)
             for _ in range(iterations):
                 seen = transform(image.image())
-                value = channel_activation(phi(preprocessing.normalize(seen)), chunk)
+                value = unit_activation(phi(preprocessing.normalize(sized(seen))), chunk)
                 optimiser.zero_grad(set_to_none=True)
                 (-value.sum()).backward()
                 optimiser.step()
@@ -89,8 +117,8 @@ def visualize_channels(
                 bar.update(1)
             with torch.no_grad():
                 final = image.image().clamp(0, 1)
-                reached.append(channel_activation(phi(preprocessing.normalize(final)), chunk).cpu())
+                reached.append(unit_activation(phi(preprocessing.normalize(final)), chunk).cpu())
             images.append(final.cpu())
         bar.close()
     return Visualisation(channels, torch.cat(images), torch.cat(reached), time.perf_counter() - start,
-                         {"layer": layer, "path": path, "param": param, "iterations": iterations})
+                         {"layer": layer, "path": path, "param": param, "iterations": iterations, "unit": unit})

@@ -129,10 +129,15 @@ def test_channels_unit_option_on_a_transformer(run_cli, tmp_path, factory, layer
     inv = json.loads((tmp_path / "inv" / "summary.json").read_text())
     assert inv["unit"] == unit and inv["counts"]["subset"] == 3 and inv["units"] == count
     assert f"3 {unit}" in out or f"'subset': 3" in out
-    # visualisation takes channels only so far, and says so
+    # and so does visualisation (activation maximisation of the top units)
+    code, out, err = run_cli("visualize", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size", "16",
+                             "--layer", layer, "--from", tmp_path, "--top", "2", "--iterations", "2", "--out",
+                             tmp_path / "vis", "--no-progress")
+    assert code == 0, err
+    assert f"visualised 2 {unit} of {layer}" in out and (tmp_path / "vis" / "visualizations.npz").is_file()
     code, _, err = run_cli("visualize", "--model", f"{HERE / 'models_gt.py'}:{factory}", "--input-size", "16",
-                           "--layer", layer, "--from", tmp_path, "--out", tmp_path / "vis")
-    assert code == 2 and f"holds {unit} of {layer}" in err
+                           "--layer", layer, "--from", tmp_path, "--unit", "tokens", "--out", tmp_path / "vis2")
+    assert code == 2 and f"holds {unit}, not tokens" in err
 
 
 def test_channels_unit_errors_and_model_output_option(run_cli, tmp_path):

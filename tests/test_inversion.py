@@ -237,3 +237,21 @@ def test_transformer_units_are_inverted_on_the_selected_units_only(layer, unit, 
     err_start, _ = errors(torch.full_like(r.images, 0.5))
     assert r.relative_error.item() == pytest.approx(err_sel, rel=1e-3)
     assert err_sel < 0.25 * err_start and err_sel < 0.5 * err_rest
+
+
+def test_visualising_transformer_units_raises_their_activation():
+    """Activation maximisation of hidden units, a head and tokens of a random timm ViT (a model
+    built for one input size: the transforms' size changes are undone): the right shapes, and
+    the hidden units' mean activation rises."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2,
+                                                           num_heads=4, num_classes=3).eval()
+    pre = Preprocessing(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    start = visualize_channels(vit, "blocks.1", [3, 7], pre, iterations=1, unit="hidden", progress=False)
+    v = visualize_channels(vit, "blocks.1", [3, 7], pre, iterations=60, unit="hidden", lr=0.1, progress=False)
+    assert v.images.shape == (2, 3, 16, 16) and (v.activation > start.activation).all()
+    for layer, unit in (("blocks.1.attn", "heads"), ("blocks.0", "tokens")):
+        assert visualize_channels(vit, layer, [1], pre, iterations=2, unit=unit, progress=False).images.shape == (
+            1, 3, 16, 16)
