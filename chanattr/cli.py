@@ -160,9 +160,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def add_images_args(p: argparse.ArgumentParser) -> None:
-    """IMAGE... and --target, for the commands that attribute several images."""
+    """IMAGE... and --target (or --target-unit / --target-region), for the commands that attribute images."""
     p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
     p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
+    p.add_argument("--target-unit", metavar="LAYER:INDEX",
+                   help="explain a unit instead of a class: the mean activation of channel (or hidden unit) INDEX of "
+                        "LAYER -- what in the image drives it")
+    p.add_argument("--target-region", metavar="CLASS:TOP,LEFT,H,W",
+                   help="explain a segmentation class inside a box of the output (N x classes x H x W; pick it with "
+                        "--output, e.g. out for torchvision's segmentation models)")
 
 
 def add_output_args(p: argparse.ArgumentParser, *, per_image: bool = False, progress: bool = True) -> None:
@@ -212,6 +218,43 @@ def _prepare_run(args, files: Sequence[str]):
     return _prepare_images(args, files)
 
 
+def _with_target(lm, args):
+    """``lm`` explaining what --target-unit / --target-region name (one output, index 0, named
+    after it), or ``lm`` itself."""
+    from dataclasses import replace
+
+    unit, region = getattr(args, "target_unit", None), getattr(args, "target_region", None)
+    if unit is None and region is None:
+        return lm
+    if unit is not None and region is not None:
+        raise ChanattrError("give --target-unit or --target-region, not both")
+    if args.target != "auto":
+        raise ChanattrError("--target goes without --target-unit / --target-region (they are the target)")
+    from .model_output import target_model, unwrap
+
+    if unit is not None:
+        from .targets import unit_target_model
+
+        layer, _, index = unit.rpartition(":")
+        if not layer or not index.isdigit():
+            raise ChanattrError(f"--target-unit takes LAYER:INDEX, e.g. blocks.5:17; got {unit!r}")
+        model, name = unit_target_model(lm.model, layer, int(index), unit="auto"), f"unit {unit}"
+    else:
+        from .targets import region_target
+
+        cls, _, box = region.partition(":")
+        try:
+            values = [int(v) for v in box.split(",")]
+            cls_index = int(cls)
+        except ValueError:
+            values, cls_index = [], -1
+        if len(values) != 4 or cls_index < 0:
+            raise ChanattrError(f"--target-region takes CLASS:TOP,LEFT,H,W, e.g. 15:40,60,80,50; got {region!r}")
+        model = target_model(unwrap(lm.model), region_target(cls_index, tuple(values)), _output_key(args.output))[0]
+        name = f"class {cls_index} in {values}"
+    return replace(lm, model=model, class_names=[name])
+
+
 def _prepare_images(args, files: Sequence[str]):
     """Model, images, one output folder per image (checked before any work) and targets."""
     import torch
@@ -219,7 +262,7 @@ def _prepare_images(args, files: Sequence[str]):
     from .images import prepare_images
     from .outputs import image_dirs, output_dir
 
-    lm = model_from_args(args)
+    lm = _with_target(model_from_args(args), args)
     images = prepare_images(args.image, lm.preprocessing)
     dirs = [output_dir(d, files, args.overwrite) for d in image_dirs(args.out, [im.name for im in images])]
     x = torch.stack([im.input for im in images]).to(lm.device)

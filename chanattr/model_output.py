@@ -20,10 +20,11 @@ from .errors import ChanattrError
 OutputSpec = Union[None, int, str, Callable]
 
 
-def select_output(out, output: OutputSpec = None) -> torch.Tensor:
-    """The logits in a model's output ``out``. ``output=None``: ``out`` itself if it is a tensor,
-    else the ``logits`` entry of a dict / ``ModelOutput``, else the first element of a tuple;
-    an int: that element of a tuple; a str: that key; a callable: ``output(out)``."""
+def pick_output(out, output: OutputSpec = None):
+    """The tensor ``output`` names in a model's output ``out`` (any shape): ``None``: ``out``
+    itself if it is a tensor, else the ``logits`` entry of a dict / ``ModelOutput``, else the
+    first element of a tuple; an int: that element of a tuple; a str: that key; a callable:
+    ``output(out)``."""
     if isinstance(out, torch.fx.Proxy):  # being traced (``chanattr.split``): the tensor itself or its element
         return out if output is None else output(out) if callable(output) else out[output]
     if callable(output):
@@ -51,11 +52,21 @@ def select_output(out, output: OutputSpec = None) -> torch.Tensor:
                                 f"{', '.join(map(str, have)) or 'none (it is a tensor: drop --output)'}") from None
     if not isinstance(value, torch.Tensor):
         raise ChanattrError(f"output {output!r} of the model is {type(value).__name__}, not a tensor: pick another")
+    return value
+
+
+def select_output(out, output: OutputSpec = None) -> torch.Tensor:
+    """The logits in a model's output ``out`` (``pick_output``), as N x classes: one score per
+    image (N) becomes N x 1; anything else refused."""
+    value = pick_output(out, output)
+    if isinstance(value, torch.fx.Proxy):
+        return value
     if value.dim() == 1:  # one scalar per image: a single "class"
         value = value[:, None]
     if value.dim() != 2:
         raise ChanattrError(f"the explained output must be N x classes (or N scores), got {tuple(value.shape)}: "
-                            f"pick another output, or reduce it with a function")
+                            f"pick another output, or reduce it with a function (a target function, "
+                            f"--target-region for a segmentation)")
     return value
 
 
@@ -102,11 +113,11 @@ TargetSpec = Union[int, Sequence[int], torch.Tensor, Callable]
 def target_model(model: nn.Module, target, output: OutputSpec = None) -> tuple[nn.Module, object]:
     """The model and target a method explains. A callable ``target`` -- ``fn(out) -> N scores``,
     one per image (the mean of a class over a region of a segmentation, a detector's score for
-    one box, a regression output), ``out`` the model's output (or ``select_output(out, output)``
+    one box, a regression output), ``out`` the model's output (or ``pick_output(out, output)``
     when ``output`` is given) -- becomes the wrapped model's only "class", index 0; a class
     index (int, list, tensor) stays as it is, with the model returning its logits."""
     if callable(target):
-        fn = target if output is None else (lambda out: target(select_output(out, output)))
+        fn = target if output is None else (lambda out: target(pick_output(out, output)))
         return logits_model(model, fn), 0
     return logits_model(model, output), target
 

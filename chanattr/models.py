@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
-from .model_output import logits_model, select_output
+from .model_output import logits_model, pick_output
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -334,9 +334,12 @@ def _logits_and_count(model: nn.Module, pre: Preprocessing, output) -> tuple[nn.
     returns a tuple, dict or ``ModelOutput``) and the number of classes, from one forward pass."""
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
+    value = pick_output(out, output)
+    if value.dim() != 2:  # not N x classes (a segmentation's N x classes x H x W): a target function reads it
+        return model, int(value.shape[1]) if value.dim() > 2 else 1
     if output is not None or not isinstance(out, torch.Tensor):
         model = logits_model(model, output)
-    return model, int(select_output(out, output).shape[1])
+    return model, int(value.shape[1])
 
 
 def load_model(

@@ -324,3 +324,48 @@ class TupleBlock(nn.Module):
 def planted_vit_heads() -> nn.Module:
     """``PlantedViT("heads")``, for the command line."""
     return PlantedViT("heads")
+
+
+class Energy(nn.Module):
+    """Fine detail (squared Laplacian) per pixel, weighted by a fixed map per output channel."""
+
+    def __init__(self, where: torch.Tensor) -> None:
+        super().__init__()
+        lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        self.detail = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+        self.detail.weight.data = lap.expand(1, 3, 3, 3).clone() / 3
+        self.register_buffer("where", where)
+
+    def forward(self, x):
+        return self.detail(x) ** 2 * self.where
+
+
+UNIT_BOX = (4, 14, 10, 10)
+
+
+class UnitBoxNet(nn.Module):
+    """``energy`` has 2 channels: channel 0 is the fine detail inside ``UNIT_BOX`` only, channel 1
+    the detail everywhere; the class head reads channel 1 only. So channel 0's evidence is the
+    box, and the class's is the whole image (32 x 32 inputs)."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        where = torch.ones(1, 2, size, size)
+        where[:, 0] = box_mask(size, UNIT_BOX).float()
+        self.energy = Energy(where)
+        self.head = nn.Linear(1, 3)
+
+    def forward(self, x):
+        return self.head(self.energy(x)[:, 1:].mean((2, 3)))
+
+
+class BoxSegmenter(nn.Module):
+    """A segmentation model in torchvision's style: {"out": N x 2 x H x W}, class 1 = detail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.energy = Energy(torch.ones(1, 1, 1, 1))
+
+    def forward(self, x):
+        d = self.energy(x)
+        return {"out": torch.cat([torch.ones_like(d), d], 1)}

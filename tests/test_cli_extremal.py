@@ -159,3 +159,20 @@ def test_channels_unit_errors_and_model_output_option(run_cli, tmp_path):
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["block"]["container"] == "tuple" and rows["block"]["units"] == {"hidden": 16, "tokens": 16}
     assert rows["inner.blocks.0.attn"]["units"]["heads"] == 8
+
+
+def test_target_unit_and_target_region_on_the_command_line(run_cli, tmp_path):
+    """--target-unit LAYER:INDEX and --target-region CLASS:TOP,LEFT,H,W explain one scalar, named
+    in the summary (the search alone here: the plumbing; the API tests check what is found)."""
+    common = ["--input-size", "32", "--no-progress", "--iterations", "1", "--areas", "0.1"]
+    code, out, err = run_cli("explain", "chelsea", "--model", f"{HERE / 'models_gt.py'}:UnitBoxNet", *common,
+                             "--target-unit", "energy:0", "--out", tmp_path / "u")
+    assert code == 0, err
+    assert json.loads((tmp_path / "u" / "summary.json").read_text())["class_name"] == "unit energy:0"
+    code, out, err = run_cli("explain", "chelsea", "--model", f"{HERE / 'models_gt.py'}:BoxSegmenter", *common,
+                             "--output", "out", "--target-region", "1:4,14,10,10", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["class_name"] == "class 1 in [4, 14, 10, 10]"
+    code, _, err = run_cli("explain", "chelsea", "--model", f"{HERE / 'models_gt.py'}:BoxSegmenter", *common,
+                           "--output", "out", "--target-region", "1:4,14", "--out", tmp_path / "bad")
+    assert code == 2 and "--target-region takes CLASS:TOP,LEFT,H,W" in err

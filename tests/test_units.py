@@ -261,3 +261,21 @@ def test_a_function_of_the_output_as_the_target():
                                    progress=False)
     assert torch.equal(a.masks, b.masks)
     assert torch.allclose(prunegrad(model, x, lambda out: out[:, 0]).saliency, prunegrad(model, x, 0).saliency)
+
+
+def test_a_unit_as_the_target_finds_its_evidence():
+    """unit_target_model: what drives channel 0 of ``energy`` (the detail inside a box), while the
+    class rests on the whole image: the preserve mask at the box's area finds the box."""
+    from chanattr import extremal_perturbation
+    from chanattr.targets import unit_target_model
+    from models_gt import UNIT_BOX, UnitBoxNet, box_mask
+
+    net = UnitBoxNet().eval()
+    before = model_state(net)
+    x = textured(32, 1)
+    r = extremal_perturbation(unit_target_model(net, "energy", 0), x, 0, [100 / 32**2], progress=False)
+    found, inside = r.binary_masks()[0, 0] > 0.5, box_mask(32, UNIT_BOX)
+    assert (found & inside).sum() / (found | inside).sum() > 0.5
+    assert model_state(net) == before
+    with pytest.raises(ChanattrError, match="has channels 0..1; got 5"):
+        unit_target_model(net, "energy", 5)(x)
