@@ -279,6 +279,7 @@ def binary_masks(masks: torch.Tensor, areas: Sequence[float] | torch.Tensor) -> 
 # --- the loop -------------------------------------------------------------------------------
 
 
+@torch.enable_grad()  # gradients to the masks even when called under torch.no_grad() (Captum's metrics do)
 def optimise(
     space: PerturbationSpace,
     targets: torch.Tensor,

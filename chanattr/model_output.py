@@ -74,10 +74,11 @@ class LogitsModel(nn.Module):
     """``model`` returning ``select_output(model(x), output)``; its sub-modules are registered
     under their names in ``model`` (the wrapper adds no prefix), parameters shared."""
 
-    def __init__(self, model: nn.Module, output: OutputSpec = None) -> None:
+    def __init__(self, model: nn.Module, output: OutputSpec = None, args: tuple = ()) -> None:
         super().__init__()
         object.__setattr__(self, "_wrapped", model)  # not a child: names stay the model's
         object.__setattr__(self, "_output", output)
+        object.__setattr__(self, "_args", tuple(args))  # more positional inputs (Captum's additional_forward_args)
         for name, child in model.named_children():
             self.add_module(name, child)
         for name, p in model.named_parameters(recurse=False):
@@ -91,20 +92,22 @@ class LogitsModel(nn.Module):
         # the shared sub-modules, which it finds under their names here
         mode, self._wrapped.training = self._wrapped.training, self.training  # the model's own flag, restored
         try:
-            out = type(self._wrapped).forward(self._wrapped, x)
+            out = type(self._wrapped).forward(self._wrapped, x, *self._args)
         finally:
             self._wrapped.training = mode
         return select_output(out, self._output)
 
 
-def logits_model(model: nn.Module, output: OutputSpec = None) -> nn.Module:
-    """``model`` wrapped to return the logits to explain (see ``select_output``); a
-    ``LogitsModel`` is re-wrapped around its inner model, never nested."""
+def logits_model(model: nn.Module, output: OutputSpec = None, args: tuple = ()) -> nn.Module:
+    """``model`` wrapped to return the logits to explain (see ``select_output``), called as
+    ``model(x, *args)``; a ``LogitsModel`` is re-wrapped around its inner model, never nested."""
     if isinstance(model, LogitsModel):
-        if output is None or output is model._output:
+        if (output is None or output is model._output) and not args:
             return model
+        args = args or model._args
+        output = output if output is not None else model._output
         model = model._wrapped
-    return LogitsModel(model, output)
+    return LogitsModel(model, output, args)
 
 
 TargetSpec = Union[int, Sequence[int], torch.Tensor, Callable]

@@ -156,6 +156,7 @@ def _top(flat: torch.Tensor, keep: float) -> torch.Tensor:
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
 
 
+@torch.enable_grad()  # input gradients even when called under torch.no_grad()
 def prunegrad(
     model: nn.Module,
     x: torch.Tensor,
