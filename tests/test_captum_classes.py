@@ -64,3 +64,35 @@ def test_prunegrad_class_and_additional_forward_args():
     inf = infidelity(lambda inp, s: model(inp, s), perturb, x, pg, additional_forward_args=(2.0,), target=0,
                      n_perturb_samples=4)
     assert torch.isfinite(inf).all()
+
+
+def test_the_classes_as_quantus_explain_funcs():
+    """Quantus's robustness metric calls the explanation again on perturbed inputs
+    (explain_func): PruneGrad and the extremal perturbation both serve; its faithfulness metric
+    scores their maps."""
+    import numpy as np
+    import quantus
+
+    from models_gt import random_conv
+
+    torch.manual_seed(0)
+    model, x, y = random_conv().eval(), textured(16, 2), np.array([0, 1])
+
+    def explain_pg(model, inputs, targets, **_):
+        t = torch.as_tensor(inputs, dtype=torch.float32)
+        return PruneGrad(model).attribute(t, target=torch.as_tensor(targets).long(), keep=0.5).sum(1, True).numpy()
+
+    def explain_ep(model, inputs, targets, **_):
+        t = torch.as_tensor(inputs, dtype=torch.float32)
+        return ExtremalPerturbation(model).attribute(t, target=torch.as_tensor(targets).long(), areas=[0.2],
+                                                     **QUICK)[:, :1].numpy()
+
+    for explain in (explain_pg, explain_ep):
+        a = explain(model, x.numpy(), y)
+        sens = quantus.MaxSensitivity(nr_samples=2, disable_warnings=True, display_progressbar=False)(
+            model=model, x_batch=x.numpy(), y_batch=y, a_batch=a, explain_func=explain, device="cpu",
+            channel_first=True)
+        faith = quantus.FaithfulnessCorrelation(nr_runs=5, subset_size=16, perturb_baseline="black",
+                                                disable_warnings=True, display_progressbar=False)(
+            model=model, x_batch=x.numpy(), y_batch=y, a_batch=a, device="cpu", channel_first=True)
+        assert len(sens) == 2 and np.isfinite(sens).all() and np.isfinite(faith).all()
