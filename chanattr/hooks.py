@@ -191,6 +191,10 @@ class LayerHooks:
       at its first tensor, or at the element its name gives (``NAME:k``, ``NAME:key``).
     - ``port="input"``: the first positional input of the modules instead of their output
       (a forward pre-hook), e.g. the input of an attention's output projection.
+    - ``port="heads"``: for torch's ``nn.MultiheadAttention`` (which never calls its output
+      projection as a module): the concatenated per-head context (N x T x E, before the output
+      projection), recomputed from the module's inputs and weights (``mha_context``); an edit
+      of it replaces the module's output by the projection of the edited context.
 
     Stored outputs are protected from in-place operations downstream (``nn.ReLU(inplace=True)``):
     the network continues with a copy.
@@ -206,8 +210,8 @@ class LayerHooks:
         call: int | None = None,
         port: str = "output",
     ) -> None:
-        if port not in ("output", "input"):
-            raise ChanattrError(f"unknown port {port!r}: use output or input")
+        if port not in ("output", "input", "heads"):
+            raise ChanattrError(f"unknown port {port!r}: use output, input or heads")
         if isinstance(layers, str):
             layers = {layers: None}
         elif not isinstance(layers, Mapping):
@@ -235,6 +239,10 @@ class LayerHooks:
         element = parse_element(name)[1]
 
         def hook(_module, inputs, output=None):
+            if self.port == "heads":  # recompute the heads' context, edit it, project it
+                ctx = mha_context(_module, *inputs[:3])
+                new = tensor_hook(ctx)
+                return None if new is None else (mha_project(_module, new), None)
             if self.port == "input":  # a pre-hook: edit the first positional input
                 if not inputs or not isinstance(inputs[0], torch.Tensor):
                     raise ChanattrError(f"layer {name!r} has no tensor input to hook")
@@ -289,6 +297,40 @@ class LayerHooks:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def mha_context(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor) -> torch.Tensor:
+    """The concatenated per-head attention context of torch's ``nn.MultiheadAttention`` (N x T x E,
+    batch first), what its output projection receives, recomputed from its inputs and weights (in
+    eval mode: no dropout). Masks, bias_k/bias_v and add_zero_attn are not supported."""
+    import torch.nn.functional as F
+
+    if not isinstance(module, nn.MultiheadAttention):
+        raise ChanattrError(f"port 'heads' needs torch's nn.MultiheadAttention, not {type(module).__name__}")
+    if module.bias_k is not None or module.add_zero_attn:
+        raise ChanattrError("nn.MultiheadAttention with bias_k/bias_v or add_zero_attn: heads are not supported")
+    if not module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    e, h = module.embed_dim, module.num_heads
+    if module._qkv_same_embed_dim:
+        wq, wk, wv = module.in_proj_weight.chunk(3)
+    else:
+        wq, wk, wv = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+    bq, bk, bv = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
+    n, t, s = query.shape[0], query.shape[1], key.shape[1]
+    q = F.linear(query, wq, bq).view(n, t, h, e // h).transpose(1, 2)
+    k = F.linear(key, wk, bk).view(n, s, h, e // h).transpose(1, 2)
+    v = F.linear(value, wv, bv).view(n, s, h, e // h).transpose(1, 2)
+    attn = (q @ k.transpose(-2, -1) / (e // h) ** 0.5).softmax(-1)
+    return (attn @ v).transpose(1, 2).reshape(n, t, e)
+
+
+def mha_project(module: nn.MultiheadAttention, context: torch.Tensor) -> torch.Tensor:
+    """The module's output from a (possibly edited) context: its output projection, in its own
+    batch layout."""
+    out = torch.nn.functional.linear(context, module.out_proj.weight, module.out_proj.bias)
+    return out if module.batch_first else out.transpose(0, 1)
 
 
 def capture(model: nn.Module, layers: str | Sequence[str], **kwargs) -> LayerHooks:

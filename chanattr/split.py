@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .hooks import get_element, get_layer, parse_element, parse_site
+from .hooks import get_element, get_layer, mha_context, parse_element, parse_site
 
 
 class _Tracer(fx.Tracer):
@@ -201,7 +201,10 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor, port: st
             seen[0] += 1
             if seen[0] <= call:
                 return None
-            store["out"] = inputs[0] if port == "input" else get_element(output, element, layer)
+            if port == "heads":
+                store["out"] = mha_context(_m, *inputs[:3])
+            else:
+                store["out"] = inputs[0] if port == "input" else get_element(output, element, layer)
             raise _Stop
 
         handle = module.register_forward_pre_hook(hook) if port == "input" else module.register_forward_hook(hook)

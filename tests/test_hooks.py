@@ -188,3 +188,36 @@ def test_preserved_and_frozen_restore_the_model(tiny):
             tiny.train()
             raise ValueError
     assert model_state(tiny) == before
+
+
+def test_heads_port_recomputes_torch_multihead_attention_exactly():
+    """port="heads" on nn.MultiheadAttention: the recomputed per-head context, projected, gives
+    the module's own output (batch first or not); zeroing head 1 equals the projection of the
+    context with that head's slice zeroed."""
+    from chanattr.hooks import mha_context
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = mha
+
+            def forward(self, x):
+                return self.attn(x, x, x, need_weights=False)[0]
+
+        net = Block().eval()
+        x = torch.randn(3, 5, 8)
+        with torch.no_grad():
+            y = net(x)
+            with edit(net, {"attn": lambda c: c}, port="heads"):
+                assert torch.allclose(net(x), y, atol=1e-6)
+            with edit(net, {"attn": lambda c: torch.cat([c[..., :4], torch.zeros_like(c[..., 4:])], -1)},
+                      port="heads"):
+                cut = net(x)
+            ctx = mha_context(mha, x, x, x)
+            ctx[..., 4:] = 0
+            want = nn.functional.linear(ctx, mha.out_proj.weight, mha.out_proj.bias)
+            assert torch.allclose(cut, want if batch_first else want.transpose(0, 1), atol=1e-6)

@@ -32,7 +32,8 @@ def tiny_model(name: str):
         ("timm swin", swin, [("layers.1", "hidden", "nhwc", 32)]),
         ("timm convnext", convnext, [("stages.1", "channels", "nchw", 16)]),
         ("torchvision vit", tv_vit, [("encoder.layers.encoder_layer_1", "hidden", "ntc", 32),
-                                     ("encoder.layers.encoder_layer_1", "tokens", "ntc", 16)]),
+                                     ("encoder.layers.encoder_layer_1", "tokens", "ntc", 16),
+                                     ("encoder.layers.encoder_layer_1.self_attention", "heads", "ntc", 2)]),
         ("torchvision swin", tv_swin, [("features.3", "hidden", "nhwc", 32)]),
     ]}[name]
 

@@ -6,9 +6,9 @@ The site, from the module named: a module with a head count (``num_heads``: timm
 a module (``proj``: timm; ``o_proj``: Hugging Face transformers 5; ``out_proj``): the input of
 that projection; a module with ``num_attention_heads`` and no projection (Hugging Face 4's
 ``ViTSelfAttention``): its output context (first element); a module holding one of those as
-``attention`` (Hugging Face 4's ``ViTAttention``): that one. torchvision's
-``nn.MultiheadAttention`` never calls its output projection as a module, so its heads cannot be
-reached by a hook: it is refused with what to use instead."""
+``attention`` (Hugging Face 4's ``ViTAttention``): that one. torch's ``nn.MultiheadAttention``
+(torchvision's ViT) never calls its output projection as a module: its heads' context is
+recomputed from its inputs in a hook (``LayerHooks(port="heads")``)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ class Heads(UnitKind):
         base, _ = parse_site(layer)
         suffix = layer[len(base):]
         module = get_layer(model, layer)
-        if isinstance(module, nn.MultiheadAttention):
-            raise ChanattrError(f"{layer!r} is torch's nn.MultiheadAttention, whose heads no hook can reach: use "
-                                f"--unit hidden on its block, or a timm / Hugging Face ViT for heads")
+        if isinstance(module, nn.MultiheadAttention):  # torchvision's ViT: no projection module to hook
+            self.heads = module.num_heads
+            self.site = Site(layer, "heads")
+            return
         if not hasattr(module, "num_attention_heads") and hasattr(getattr(module, "attention", None),
                                                                   "num_attention_heads"):
             base, module = f"{base}.attention", module.attention
@@ -95,7 +96,7 @@ def output_projection(module: nn.Module) -> str | None:
 def attention_heads(module: nn.Module) -> int | None:
     """The heads ``--unit heads`` finds at this module, or None."""
     if isinstance(module, nn.MultiheadAttention):
-        return None
+        return module.num_heads
     if head_count(module) is not None and (output_projection(module) is not None or
                                            isinstance(getattr(module, "num_attention_heads", None), int)):
         return head_count(module)
