@@ -238,8 +238,10 @@ class LayerHooks:
         call = self.call if call is None else call
         element = parse_element(name)[1]
 
-        def hook(_module, inputs, output=None):
+        def hook(_module, inputs, *rest):
+            kwargs, output = (rest[0], rest[1]) if self.port == "heads" else ({}, rest[0] if rest else None)
             if self.port == "heads":  # recompute the heads' context, edit it, project it
+                _check_no_masks(inputs, kwargs)
                 ctx = mha_context(_module, *inputs[:3])
                 new = tensor_hook(ctx)
                 return None if new is None else (mha_project(_module, new), None)
@@ -283,7 +285,7 @@ class LayerHooks:
             for name, module in self.modules.items():
                 hook = self._make_hook(name)
                 self._handles.append(module.register_forward_pre_hook(hook) if self.port == "input" else
-                                     module.register_forward_hook(hook))
+                                     module.register_forward_hook(hook, with_kwargs=self.port == "heads"))
         except BaseException:
             self.remove()
             raise
@@ -324,6 +326,14 @@ def mha_context(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.T
     v = F.linear(value, wv, bv).view(n, s, h, e // h).transpose(1, 2)
     attn = (q @ k.transpose(-2, -1) / (e // h) ** 0.5).softmax(-1)
     return (attn @ v).transpose(1, 2).reshape(n, t, e)
+
+
+def _check_no_masks(inputs: tuple, kwargs: dict) -> None:
+    """Refuse an attention call with masks: the recomputed context would ignore them."""
+    named = {k: v for k, v in kwargs.items() if k in ("key_padding_mask", "attn_mask") and v is not None}
+    if named or any(v is not None for v in inputs[3:4] + inputs[5:6]) or kwargs.get("is_causal"):
+        raise ChanattrError("the attention is called with a mask: heads of nn.MultiheadAttention are supported "
+                            "without masks only; use --unit hidden")
 
 
 def mha_project(module: nn.MultiheadAttention, context: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .hooks import get_element, get_layer, mha_context, parse_element, parse_site
+from .hooks import _check_no_masks, get_element, get_layer, mha_context, parse_element, parse_site
 
 
 class _Tracer(fx.Tracer):
@@ -197,17 +197,20 @@ def layer_function(model: nn.Module, layer: str, example: torch.Tensor, port: st
         store = {}
         seen = [0]
 
-        def hook(_m, inputs, output=None):
+        def hook(_m, inputs, *rest):
+            kwargs, output = (rest[0], rest[1]) if port == "heads" else ({}, rest[0] if rest else None)
             seen[0] += 1
             if seen[0] <= call:
                 return None
             if port == "heads":
+                _check_no_masks(inputs, kwargs)
                 store["out"] = mha_context(_m, *inputs[:3])
             else:
                 store["out"] = inputs[0] if port == "input" else get_element(output, element, layer)
             raise _Stop
 
-        handle = module.register_forward_pre_hook(hook) if port == "input" else module.register_forward_hook(hook)
+        handle = module.register_forward_pre_hook(hook) if port == "input" else module.register_forward_hook(
+            hook, with_kwargs=port == "heads")
         try:
             model(x)
         except _Stop:
