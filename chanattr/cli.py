@@ -380,8 +380,9 @@ def cmd_channels(args: argparse.Namespace) -> int:
 def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
     add_images_args(p)
     p.add_argument("--keep", type=float, default=0.15, metavar="F", help="fraction of neurons kept, in (0, 1] (default 0.15)")
-    p.add_argument("--granularity", choices=["neuron", "channel"], default="neuron",
-                   help="prune single neurons (default) or whole channels")
+    p.add_argument("--granularity", choices=["neuron", "channel", "heads"], default="neuron",
+                   help="prune single neurons (default), whole channels (hidden units at token layers), or whole "
+                        "attention heads (of every attention module, or of those named by --layers)")
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="keep the top fraction over all layers at once (default) or in each layer")
     p.add_argument("--criterion", choices=["abs", "signed"], default="abs",

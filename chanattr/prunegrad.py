@@ -45,7 +45,7 @@ NEURON_TYPES = ("ReLU", "ReLU6", "SiLU", "Swish", "GELU", "GELUTanh", "QuickGELU
                 "NewGELUActivation", "FastGELUActivation", "LeakyReLU", "ELU", "CELU", "SELU", "Hardswish",
                 "HardSwish", "Mish", "Softplus")
 CRITERIA = ("abs", "signed")
-GRANULARITIES = ("neuron", "channel")
+GRANULARITIES = ("neuron", "channel", "heads")
 SCOPES = ("global", "layer")
 
 
@@ -120,17 +120,22 @@ def _site_name(name: str, call: int, calls: int) -> str:
     return name if calls == 1 else f"{name}#{call}"
 
 
-def _hooks(model: nn.Module, sites: list[tuple[str, int]], edits: dict | None, stack: ExitStack) -> dict:
-    """One ``LayerHooks`` per call index; returns {(name, call): hooks}."""
-    by_call: dict[int, list[str]] = {}
+def _hooks(model: nn.Module, sites: list[tuple[str, int]], edits: dict | None, stack: ExitStack,
+           where: dict | None = None) -> dict:
+    """One ``LayerHooks`` per call index (and port); returns {(name, call): (hooks, hooked name)}.
+    ``where``: {name: (hooked name, port)} for modules read elsewhere than at their output (the
+    heads of an attention module)."""
+    by_call: dict[tuple[int, str], list[str]] = {}
     for name, call in sites:
-        by_call.setdefault(call, []).append(name)
+        port = where[name][1] if where else "output"
+        by_call.setdefault((call, port), []).append(name)
     out = {}
-    for call, names in by_call.items():
-        spec = {n: (edits[(n, call)] if edits else None) for n in names}
-        hooks = stack.enter_context(LayerHooks(model, spec, store=edits is None, call=call))
+    for (call, port), names in by_call.items():
+        hooked = {n: where[n][0] if where else n for n in names}
+        spec = {hooked[n]: (edits[(n, call)] if edits else None) for n in names}
+        hooks = stack.enter_context(LayerHooks(model, spec, store=edits is None, call=call, port=port))
         for n in names:
-            out[(n, call)] = hooks
+            out[(n, call)] = (hooks, hooked[n])
     return out
 
 
@@ -171,8 +176,10 @@ def prunegrad(
 ) -> PruneGradResult:
     """PruneGrad saliency for N images (``x``: N x C x H x W, the model's normalised input).
 
-    ``keep``: fraction of neurons (or channels) kept, in (0, 1]; ``keep=1`` gives the plain
-    input gradient. ``criterion``: ``"abs"`` (the paper's, |a dy/da|) or ``"signed"`` (a dy/da:
+    ``keep``: fraction of neurons (or channels, or heads) kept, in (0, 1]; ``keep=1`` gives the
+    plain input gradient. ``granularity``: ``"neuron"``, ``"channel"`` (whole channels, or hidden
+    units at a token layer) or ``"heads"`` (whole attention heads of every attention module, or
+    of those named in ``layers``; ``kept`` then holds N x heads per module). ``criterion``: ``"abs"`` (the paper's, |a dy/da|) or ``"signed"`` (a dy/da:
     only neurons supporting the target). ``scope``: ``"global"`` (one threshold over all
     layers) or ``"layer"`` (``keep`` of each layer). ``layers``: the modules to prune by name;
     ``layer_types``: by type (default ``NEURON_TYPES``). ``output``: which of the model's outputs
@@ -187,11 +194,24 @@ def prunegrad(
     if not 0 < keep <= 1:
         raise ChanattrError(f"keep {keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")
     if granularity not in GRANULARITIES:
-        raise ChanattrError(f"unknown granularity {granularity!r}: use neuron or channel")
+        raise ChanattrError(f"unknown granularity {granularity!r}: use neuron, channel or heads")
     if scope not in SCOPES:
         raise ChanattrError(f"unknown scope {scope!r}: use global or layer")
     targets = as_targets(target, x.shape[0], x.device)
-    names = list(layers) if layers is not None else activation_layers(model, layer_types or NEURON_TYPES)
+    where, kinds = None, {}
+    if granularity == "heads":  # whole attention heads, at each attention module's heads site
+        from .units.heads import Heads, is_attention
+
+        if layer_types is not None:
+            raise ChanattrError("granularity='heads' prunes attention modules: name them with layers=, not types")
+        names = list(layers) if layers is not None else [n for n, m in model.named_modules() if n and is_attention(m)]
+        if not names:
+            raise ChanattrError("the model has no attention module with heads (timm, Hugging Face or torch's "
+                                "MultiheadAttention): use granularity neuron or channel")
+        kinds = {n: Heads(model, n) for n in names}
+        where = {n: (k.site.name, k.site.port) for n, k in kinds.items()}
+    else:
+        names = list(layers) if layers is not None else activation_layers(model, layer_types or NEURON_TYPES)
     if not names:
         kinds = ", ".join(str(t if isinstance(t, str) else t.__name__) for t in (layer_types or NEURON_TYPES)[:6])
         raise ChanattrError(f"the model has no module of type {kinds}, ... (activations called as functions, "
@@ -208,9 +228,9 @@ def prunegrad(
         #    since the parameters are frozen)
         xi = x.detach().clone().requires_grad_(True)
         with ExitStack() as stack:
-            hooks = _hooks(model, sites, None, stack)
+            hooks = _hooks(model, sites, None, stack, where)
             logits = model(xi)
-            acts = [hooks[s][s[0]] for s in sites]
+            acts = [hooks[s][0][hooks[s][1]] for s in sites]
             y = logits.gather(1, targets[:, None]).sum()
             grads = torch.autograd.grad(y, acts)
         full_logits = logits.detach()
@@ -218,6 +238,12 @@ def prunegrad(
         for (name, _), a, g in zip(sites, acts, grads):
             if a.dim() < 2:
                 raise ChanattrError("pruned layers must output N x C (x ...) tensors")
+            if name in kinds:  # heads: each head's contributions summed, N x heads
+                kinds[name].bind(a, "ntc")
+                contrib = kinds[name].pool((a * g).detach())
+                scores.append(contrib.abs() if criterion == "abs" else contrib)
+                fdims.append(None)
+                continue
             fdim = _feature_dim(model, name, a)  # 1, or the last for token sequences / channels last
             contrib = (a * g).detach().movedim(fdim, 1)
             if granularity == "channel" and contrib.dim() > 2:
@@ -231,7 +257,9 @@ def prunegrad(
         edits = {}
         for site, m, fdim in zip(sites, masks, fdims):
 
-            def edit(out, mask=m, fdim=fdim):
+            def edit(out, mask=m, fdim=fdim, kind=kinds.get(site[0])):
+                if kind is not None:  # heads
+                    return out * kind.expand(mask.to(out.dtype))
                 mk = mask.to(out.dtype)
                 while mk.dim() < out.dim():
                     mk = mk.unsqueeze(-1)
@@ -240,7 +268,7 @@ def prunegrad(
             edits[site] = edit
         xi = x.detach().clone().requires_grad_(True)
         with ExitStack() as stack:
-            _hooks(model, sites, edits, stack)
+            _hooks(model, sites, edits, stack, where)
             pruned_logits = model(xi)
             y = pruned_logits.gather(1, targets[:, None]).sum()
             (gradient,) = torch.autograd.grad(y, xi)

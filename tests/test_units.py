@@ -279,3 +279,29 @@ def test_a_unit_as_the_target_finds_its_evidence():
     assert model_state(net) == before
     with pytest.raises(ChanattrError, match="has channels 0..1; got 5"):
         unit_target_model(net, "energy", 5)(x)
+
+
+def test_prunegrad_prunes_whole_heads():
+    """granularity="heads": every attention module's heads are scored by their summed Taylor
+    contributions and whole heads kept or zeroed; on the planted ViT (class 0 on heads 1, 4, 5, 6
+    jointly, decoys 0, 3, 7) keeping half the heads keeps the network's prediction."""
+    from chanattr import prunegrad
+
+    model, x = PlantedViT("heads").eval(), textured(16, 2)
+    r = prunegrad(model, x, 0, keep=0.5, granularity="heads", criterion="signed")
+    kept = r.kept["blocks.0.attn"]
+    assert kept.shape == (2, 8) and r.kept_fraction["blocks.0.attn"].tolist() == [0.5, 0.5]
+    assert set(kept.unique().tolist()) <= {0.0, 1.0}
+    # the pruned network is the network with exactly those heads zeroed
+    space = UnitSpace(model, x, "blocks.0.attn", unit="heads")
+    want = space.target_scores(kept, torch.arange(2), torch.tensor([0, 0]))
+    assert torch.allclose(r.pruned_logit, want, atol=1e-5)
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                              mlp_dim=64, num_classes=5).eval()
+    r = prunegrad(tv, torch.randn(1, 3, 32, 32), 1, keep=0.5, granularity="heads")
+    assert list(r.kept) == ["encoder.layers.encoder_layer_0.self_attention",
+                            "encoder.layers.encoder_layer_1.self_attention"]
+    assert r.saliency.shape == (1, 32, 32)
