@@ -409,11 +409,12 @@ def cmd_prunegrad(args: argparse.Namespace) -> int:
     lm, images, dirs, x, targets = _prepare_images(args, files)
     result = prunegrad(lm.model, x, targets, keep=args.keep, granularity=args.granularity, scope=args.scope,
                        layers=args.layers, criterion=args.criterion, layer_types=args.layer_types)
-    plain = prunegrad(lm.model, x, targets, keep=1.0, layers=args.layers, layer_types=args.layer_types).saliency
+    plain = prunegrad(lm.model, x, targets, keep=1.0, granularity=args.granularity, layers=args.layers,
+                      layer_types=args.layer_types).saliency
     for i, (img, folder) in enumerate(zip(images, dirs)):
         summary = write_prunegrad(folder, lm, img, x[i], result, i, plain[i])
         ch = summary["channel_attribution"]
-        extra = f", {len(ch['channels'])} channels kept at {ch['layer']}" if ch else ""
+        extra = f", {len(ch['channels'])} {ch['unit']} kept at {ch['layer']}" if ch else ""
         print(f"{img.name}: target {int(targets[i])} ({lm.class_name(int(targets[i]))}), "
               f"{len(result.info['layers'])} modules pruned, target logit {summary['target_logit']:.2f} -> "
               f"{summary['pruned_target_logit']:.2f} in the pruned network{extra} -> {folder}")

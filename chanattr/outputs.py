@@ -403,13 +403,14 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
         values = result.kept[site][index]  # fraction of each channel's neurons kept
         ranking = torch.argsort(-values, stable=True)
         with torch.no_grad():
-            space = UnitSpace(lm.model, x[None], layer, unit="auto")  # channels, or a token layer's hidden units
+            # channels, a token layer's hidden units, or an attention module's heads
+            space = UnitSpace(lm.model, x[None], layer, unit="heads" if result.info["granularity"] == "heads" else "auto")
             curve = channel_curve(space, ranking, target)
         fraction = max(counts[site], 1) / totals[site]
         write_npz(folder / "channels.npz", masks=values[None], areas=np.array([fraction], dtype=np.float32),
                   input=x, target=np.int64(target), layer=np.array(layer), unit=np.array(space.unit),
                   layout=np.array(space.layout))
-        summary["channel_attribution"] = {"layer": layer, "channels": ranking[: counts[site]].tolist(),
+        summary["channel_attribution"] = {"layer": layer, "unit": space.unit, "channels": ranking[: counts[site]].tolist(),
                                           "channel_curve": curve.to_dict(0), "path": space.path}
     else:
         summary["channel_attribution"] = None  # every pruned module runs several times: no single output

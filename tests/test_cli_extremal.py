@@ -176,3 +176,12 @@ def test_target_unit_and_target_region_on_the_command_line(run_cli, tmp_path):
     code, _, err = run_cli("explain", "chelsea", "--model", f"{HERE / 'models_gt.py'}:BoxSegmenter", *common,
                            "--output", "out", "--target-region", "1:4,14", "--out", tmp_path / "bad")
     assert code == 2 and "--target-region takes CLASS:TOP,LEFT,H,W" in err
+
+
+def test_prunegrad_heads_on_the_command_line(run_cli, tmp_path):
+    code, out, err = run_cli("prunegrad", "chelsea", "--model", f"{HERE / 'models_gt.py'}:planted_vit_heads",
+                             "--input-size", "16", "--granularity", "heads", "--keep", "0.5", "--out", tmp_path)
+    assert code == 0, err
+    assert "4 heads kept at blocks.0.attn" in out
+    data = np.load(tmp_path / "channels.npz")
+    assert str(data["unit"]) == "heads" and data["masks"].shape == (1, 8)
