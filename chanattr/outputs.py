@@ -189,27 +189,17 @@ def write_explain(folder: Path, lm, image, x: torch.Tensor, result, index: int) 
 
 def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, space) -> list[dict]:
     """``channels.npz``, ``summary.json`` and ``channels.png`` for every image of a unit result
-    (channels, hidden units, heads or tokens: one format, ``read_channel_result``)."""
+    (channels, hidden units, heads or tokens: one format, ``read_channel_result``). The scores in
+    the summaries come from ``unit_result_scores``; this only writes."""
     import matplotlib.pyplot as plt
 
-    from .units.space import channel_curve
     from .plotting import plot_channels
+    from .units.space import unit_result_scores
 
-    n, k, c = result.masks.shape
-    targets = result.targets.to(x.device)
-    curves = channel_curve(space, result.ranking(), targets)
+    n = result.masks.shape[0]
+    scored = unit_result_scores(space, result)
     summaries = []
     for i in range(n):
-        per_area = []
-        for j, area in enumerate(result.areas.tolist()):
-            kept = result.kept_channels(i, j)
-            keep = torch.zeros(2, c, device=x.device)
-            keep[0, kept] = 1
-            keep[1] = 1 - keep[0]
-            only, without = space.target_scores(keep, torch.full((2,), i, device=x.device), targets).tolist()
-            per_area.append({"area": area, "channels": kept, "mask_values": result.masks[i, j, kept].tolist(),
-                             "score_only_these_kept": only, "score_these_removed": without,
-                             "final_reward": float(result.final_reward[i, j])})
         target = int(result.targets[i])
         summary = {
             "image": images[i].name,
@@ -217,8 +207,8 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
             "layer": result.info["layer"],
             "unit": result.info.get("unit", "channels"),
             "layout": result.info.get("layout"),
-            "channels": c,
-            "units": c,
+            "channels": result.masks.shape[-1],
+            "units": result.masks.shape[-1],
             "unit_info": {k: v for k, v in result.info.items() if k in ("site", "port", "prefix_tokens",
                                                                        "class_token_masked", "head_dim")},
             "target": target,
@@ -227,8 +217,8 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
             "baseline": result.info["baseline"],
             "path": result.info["path"],
             "split_reason": result.info["split_reason"] or None,
-            "areas": per_area,
-            "channel_curve": curves.to_dict(i),
+            "areas": scored[i]["areas"],
+            "channel_curve": scored[i]["curve"],
             "iterations": result.iterations,
             "seconds": result.seconds,
             "images_in_batch": n,
@@ -238,7 +228,7 @@ def write_channels(folders: list[Path], lm, images, x: torch.Tensor, result, spa
                   target=np.int64(target), layer=np.array(result.info["layer"]),
                   unit=np.array(result.info.get("unit", "channels")), layout=np.array(result.info.get("layout", "")))
         write_json(folder / "summary.json", summary)
-        fig = plot_channels(result.masks[i], result.areas.tolist(), curves.to_dict(i),
+        fig = plot_channels(result.masks[i], result.areas.tolist(), scored[i]["curve"],
                             title=f"{images[i].name}: {lm.class_name(target)} ({target}) at {result.info['layer']}",
                             variant=result.variant, unit=result.info.get("unit", "channels"))
         fig.savefig(folder / "channels.png", dpi=150)

@@ -435,6 +435,30 @@ def _check_space(space: UnitSpace, model, x, layer, baseline, split, unit) -> No
                             f"it, or leave split out")
 
 
+@torch.no_grad()
+def unit_result_scores(space: UnitSpace, result: UnitResult) -> list[dict]:
+    """Per image of a unit result: for each area, the units found (best first), their mask values,
+    the target logit with only them kept and with them removed, and the final reward
+    (``"areas"``); and the unit curve of the result's ranking (``"curve"``, ``ChannelCurve.to_dict``)."""
+    x_device = space.activation.device
+    targets = result.targets.to(x_device)
+    curves = channel_curve(space, result.ranking(), targets)
+    out = []
+    for i in range(result.masks.shape[0]):
+        per_area = []
+        for j, area in enumerate(result.areas.tolist()):
+            kept = result.kept_units(i, j)
+            keep = torch.zeros(2, space.num_units, device=x_device)
+            keep[0, kept] = 1
+            keep[1] = 1 - keep[0]
+            only, without = space.target_scores(keep, torch.full((2,), i, device=x_device), targets).tolist()
+            per_area.append({"area": area, "channels": kept, "mask_values": result.masks[i, j, kept].tolist(),
+                             "score_only_these_kept": only, "score_these_removed": without,
+                             "final_reward": float(result.final_reward[i, j])})
+        out.append({"areas": per_area, "curve": curves.to_dict(i)})
+    return out
+
+
 def class_channels(masks: torch.Tensor, labels: Sequence[int] | torch.Tensor) -> dict[int, dict]:
     """Per-class channel masks: the mean (and standard deviation) of the masks of the images
     of each class. ``masks``: N x ... (e.g. N x K x C); ``labels``: N class indices.
