@@ -1,7 +1,7 @@
 """The extremal-perturbation optimiser, shared by every perturbation space.
 
-A *space* (pixels: ``chanattr.pixel.PixelSpace``; channels of a layer:
-``chanattr.channel.ChannelSpace``) turns parameters into masks and runs the model on the
+A *space* (pixels: ``chanattr.pixel.PixelSpace``; units of a layer -- channels, hidden
+units, heads or tokens: ``chanattr.units.space.UnitSpace``) turns parameters into masks and runs the model on the
 input perturbed by a *keep* mask (1 keeps, 0 removes). This module holds what is the same
 in every space: the variants, the rewards, the ranking area constraint, the schedule, the
 stopping rule and the result.
@@ -138,7 +138,7 @@ def show_progress(progress: bool | None) -> bool:
 @dataclass
 class Schedule:
     """How the optimisation runs. ``PRESETS`` holds the named ones (``"fast"``, ``"paper"``);
-    the defaults here are the ``fast`` preset's (``chanattr.channel`` has its own).
+    the defaults here are the ``fast`` preset's (``chanattr.units.space`` has its own).
 
     *Start.* ``"search"``: each mask starts from the best of the space's candidate masks for
     its area (pixel space: round blobs on a grid, scored as binary masks of exactly that
