@@ -268,6 +268,14 @@ class ExtremalResult:
         return binary_masks(self.masks, self.areas)
 
 
+def result_fields(out: dict, targets: torch.Tensor, variant: str, reward_kind: str) -> dict:
+    """The ``ExtremalResult`` fields every space fills the same way from ``optimise``'s output."""
+    return {"areas": out["areas"], "targets": targets.cpu(), "variant": variant, "reward_kind": reward_kind,
+            "reward_history": out["reward_history"], "area_history": out["area_history"],
+            "final_reward": out["final_reward"], "binary_reward": out["binary_reward"],
+            "iterations": out["iterations"], "seconds": out["seconds"]}
+
+
 def binary_masks(masks: torch.Tensor, areas: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """N x K x (mask shape) masks -> their binary versions: 1 on the top round(a M) entries of
     mask k, a = ``areas[k]`` (K fractions), 0 elsewhere."""

@@ -72,13 +72,18 @@ def get_element(output, element: int | str | None, name: str = "layer"):
     try:
         value = output[element]
     except (KeyError, IndexError, TypeError):
-        have = list(output.keys()) if isinstance(output, Mapping) else list(range(len(output))) if isinstance(
-            output, (tuple, list)) else []
         raise ChanattrError(f"{name!r} returns {type(output).__name__} with no element {element!r}: use one of "
-                            f"{', '.join(map(str, have)) or 'none'}") from None
+                            f"{', '.join(map(str, element_names(output))) or 'none'}") from None
     if not isinstance(value, torch.Tensor):
         raise ChanattrError(f"element {element!r} of {name!r} is {type(value).__name__}, not a tensor: pick another")
     return value
+
+
+def element_names(output) -> list:
+    """The keys of a dict / ``ModelOutput``, the indices of a tuple or list, else none."""
+    if hasattr(output, "keys"):
+        return list(output.keys())
+    return list(range(len(output))) if isinstance(output, (tuple, list)) else []
 
 
 def set_element(output, element: int | str | None, value: torch.Tensor):

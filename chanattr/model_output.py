@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ChanattrError
+from .hooks import element_names
 
 OutputSpec = Union[None, int, str, Callable]
 
@@ -46,10 +47,9 @@ def pick_output(out, output: OutputSpec = None):
         try:
             value = out[output]
         except (KeyError, IndexError, TypeError):
-            have = list(out.keys()) if hasattr(out, "keys") else list(range(len(out))) if isinstance(
-                out, (tuple, list)) else []
             raise ChanattrError(f"the model's output ({type(out).__name__}) has no element {output!r}: use one of "
-                                f"{', '.join(map(str, have)) or 'none (it is a tensor: drop --output)'}") from None
+                                f"{', '.join(map(str, element_names(out))) or 'none (it is a tensor: drop --output)'}"
+                                ) from None
     if not isinstance(value, torch.Tensor):
         raise ChanattrError(f"output {output!r} of the model is {type(value).__name__}, not a tensor: pick another")
     return value
@@ -70,15 +70,15 @@ def select_output(out, output: OutputSpec = None) -> torch.Tensor:
     return value
 
 
-class LogitsModel(nn.Module):
-    """``model`` returning ``select_output(model(x), output)``; its sub-modules are registered
-    under their names in ``model`` (the wrapper adds no prefix), parameters shared."""
+class SharedModules(nn.Module):
+    """A module around ``model`` whose sub-modules, parameters and buffers are the model's, under
+    their names in the model (no prefix), so layer names, hooks and torch.fx splits work
+    through it; ``run_model`` calls the model's own forward with this wrapper's train/eval mode,
+    the model's own flag restored afterwards."""
 
-    def __init__(self, model: nn.Module, output: OutputSpec = None, args: tuple = ()) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         object.__setattr__(self, "_wrapped", model)  # not a child: names stay the model's
-        object.__setattr__(self, "_output", output)
-        object.__setattr__(self, "_args", tuple(args))  # more positional inputs (Captum's additional_forward_args)
         for name, child in model.named_children():
             self.add_module(name, child)
         for name, p in model.named_parameters(recurse=False):
@@ -87,15 +87,27 @@ class LogitsModel(nn.Module):
             self.register_buffer(name, b)
         self.training = model.training
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run_model(self, *args):
         # the model's forward on the model itself, not through __call__: torch.fx then sees only
         # the shared sub-modules, which it finds under their names here
-        mode, self._wrapped.training = self._wrapped.training, self.training  # the model's own flag, restored
+        mode, self._wrapped.training = self._wrapped.training, self.training
         try:
-            out = type(self._wrapped).forward(self._wrapped, x, *self._args)
+            return type(self._wrapped).forward(self._wrapped, *args)
         finally:
             self._wrapped.training = mode
-        return select_output(out, self._output)
+
+
+class LogitsModel(SharedModules):
+    """``model`` returning ``select_output(model(x), output)``; its sub-modules are registered
+    under their names in ``model`` (the wrapper adds no prefix), parameters shared."""
+
+    def __init__(self, model: nn.Module, output: OutputSpec = None, args: tuple = ()) -> None:
+        super().__init__(model)
+        object.__setattr__(self, "_output", output)
+        object.__setattr__(self, "_args", tuple(args))  # more positional inputs (Captum's additional_forward_args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return select_output(self.run_model(x, *self._args), self._output)
 
 
 def logits_model(model: nn.Module, output: OutputSpec = None, args: tuple = ()) -> nn.Module:

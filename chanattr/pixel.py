@@ -35,7 +35,8 @@ from torch import nn
 from .batch import as_targets, check_batch
 from .errors import ChanattrError
 from .model_output import OutputSpec, target_model
-from .extremal import ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule, with_iterations
+from .extremal import (ExtremalResult, Schedule, check_areas, check_choice, optimise, preset_schedule, result_fields,
+                       with_iterations)
 from .hooks import frozen
 from .perturbations import gaussian_blur, make_perturbation
 from .smooth_mask import SmoothMask
@@ -234,16 +235,7 @@ def extremal_perturbation(
     n, k = x.shape[0], len(areas)
     return PixelResult(
         masks=masks.view(n, k, *masks.shape[-2:]),
-        areas=out["areas"],
-        targets=targets.cpu(),
-        variant=variant,
-        reward_kind=reward,
-        reward_history=out["reward_history"],
-        area_history=out["area_history"],
-        final_reward=out["final_reward"],
-        binary_reward=out["binary_reward"],
-        iterations=out["iterations"],
-        seconds=out["seconds"],
+        **result_fields(out, targets, variant, reward),
         info={"space": "pixel", "preset": preset, "perturbation": perturbation, "step": space.step,
               "sigma": space.sigma, "max_blur": space.max_blur, "area_margin": area_margin},
     )

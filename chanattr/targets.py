@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import ChanattrError
 from .hooks import LayerHooks, get_layer
+from .model_output import SharedModules
 
 
 def region_target(cls: int, box: tuple[int, int, int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -38,7 +39,7 @@ def region_target(cls: int, box: tuple[int, int, int, int]) -> Callable[[torch.T
     return score
 
 
-class UnitTargetModel(nn.Module):
+class UnitTargetModel(SharedModules):
     """``model`` returning, for each image, the mean activation of unit ``index`` of ``layer``
     (N x 1; a channel over its pixels, a hidden unit over every token, ...). Its sub-modules
     are the model's, under the same names."""
@@ -47,16 +48,8 @@ class UnitTargetModel(nn.Module):
                  layout: str | None = None) -> None:
         from .units import unit_kind
 
-        super().__init__()
         get_layer(model, layer)
-        object.__setattr__(self, "_wrapped", model)
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, p in model.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        for name, b in model.named_buffers(recurse=False):
-            self.register_buffer(name, b)
-        self.training = model.training
+        super().__init__(model)
         self.layer, self.index, self.layout = layer, int(index), layout
         self.auto = unit == "auto"  # channels of a channels-first map, else hidden units
         self.kind = unit_kind("channels" if self.auto else unit)(model, layer)
@@ -66,12 +59,8 @@ class UnitTargetModel(nn.Module):
         from .units import detect_layout
 
         site = self.kind.site
-        mode, self._wrapped.training = self._wrapped.training, self.training
-        try:
-            with LayerHooks(self._wrapped, site.name, port=site.port) as hooks:
-                type(self._wrapped).forward(self._wrapped, x)
-        finally:
-            self._wrapped.training = mode
+        with LayerHooks(self._wrapped, site.name, port=site.port) as hooks:
+            self.run_model(x)
         a = hooks[site.name]
         if not self._bound:
             from .units import unit_kind
@@ -90,8 +79,6 @@ class UnitTargetModel(nn.Module):
 def unit_target_model(model: nn.Module, layer: str, index: int, unit: str = "channels",
                       layout: str | None = None) -> nn.Module:
     """See ``UnitTargetModel``: explain its target 0 to find what drives the unit."""
-    from .model_output import LogitsModel
-
-    if isinstance(model, (LogitsModel, UnitTargetModel)):
+    if isinstance(model, SharedModules):
         model = model._wrapped
     return UnitTargetModel(model, layer, index, unit, layout)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ChanattrError
-from ..extremal import ExtremalResult, Schedule, check_areas, optimise, with_iterations
+from ..extremal import ExtremalResult, Schedule, check_areas, optimise, result_fields, with_iterations
 from ..hooks import LayerHooks, edit, frozen, get_layer
 from ..model_output import OutputSpec, logits_model, target_model, unwrap
 from ..batch import as_targets, check_batch
@@ -387,16 +387,7 @@ def unit_extremal_perturbation(
     n, k = x.shape[0], len(areas)
     return UnitResult(
         masks=params.view(n, k, -1).cpu(),
-        areas=out["areas"],
-        targets=targets.cpu(),
-        variant=variant,
-        reward_kind=reward,
-        reward_history=out["reward_history"],
-        area_history=out["area_history"],
-        final_reward=out["final_reward"],
-        binary_reward=out["binary_reward"],
-        iterations=out["iterations"],
-        seconds=out["seconds"],
+        **result_fields(out, targets, variant, reward),
         info={"space": space.unit, **space.info()},
     )
 
