@@ -31,7 +31,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", metavar="KEY",
                    help="which of the model's outputs holds the logits: a tuple index or a dict / ModelOutput key "
                         "(default: the tensor it returns, or 'logits')")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    if getattr(p, "run_mode", False):
+        g.add_argument("--device", default="auto",
+                       help="auto (default): cuda:LOCAL_RANK where CUDA is available, else cpu; or cpu, cuda, cuda:1")
+    else:
+        g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--seed", type=int, default=0,
                    help="seeds --random-weights (the same seed, the same network; recorded in summary.json) and, "
@@ -160,8 +164,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def add_images_args(p: argparse.ArgumentParser) -> None:
-    """IMAGE... and --target (or --target-unit / --target-region), for the commands that attribute images."""
-    p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
+    """IMAGE... and --target (or --target-unit / --target-region), for the commands that attribute images
+    (under ``chanattr run``: --images SOURCE instead of IMAGE...)."""
+    if getattr(p, "run_mode", False):
+        p.add_argument("--images", required=True, metavar="SOURCE",
+                       help="a folder of images, a text file of image paths (one a line), or coco:DIR (a COCO-style "
+                            "folder such as coco128: its (image, class) pairs, each class's most probable ImageNet "
+                            "class as the target, and the pointing game's hit in the results)")
+    else:
+        p.add_argument("image", nargs="+", help="image files, or bundled samples: chelsea, coffee, astronaut, rocket")
     p.add_argument("--target", default="auto", help="class index, or auto for each image's top-1 class (default)")
     p.add_argument("--target-unit", metavar="LAYER:INDEX",
                    help="explain a unit instead of a class: the mean activation of channel (or hidden unit) INDEX of "
@@ -176,7 +187,7 @@ def add_output_args(p: argparse.ArgumentParser, *, per_image: bool = False, prog
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder" + (" (a sub-folder per image when several)" if per_image else ""))
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in DIR")
-    if progress:
+    if progress or getattr(p, "run_mode", False):
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -616,6 +627,8 @@ def _one_line_warnings(command: str) -> None:
 
     warnings.showwarning = show
 
+
+from . import cli_run  # noqa: E402,F401  (registers run and merge)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -67,6 +67,8 @@ def check_provenance(folder: str | Path, lm, x: torch.Tensor | None = None) -> N
     """Refuse a result folder made with another network (or, given ``x``, another input)."""
     path = Path(folder) / "summary.json"
     if not path.is_file():
+        path = Path(folder) / "class_summary.json"  # a class mask (chanattr run class-channels): no one input
+    if not path.is_file():
         return
     saved = json.loads(path.read_text())
     if saved.get("model_fingerprint") not in (None, lm.fingerprint()):

@@ -369,3 +369,21 @@ class BoxSegmenter(nn.Module):
     def forward(self, x):
         d = self.energy(x)
         return {"out": torch.cat([torch.ones_like(d), d], 1)}
+
+
+class SlowJointChannelNet(JointChannelNet):
+    """``JointChannelNet`` taking 30 ms more per forward pass: a run slow enough to kill half-way."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.03)
+        return super().forward(x)
+
+
+def tiny_imagenet() -> nn.Module:
+    """A small random conv net with 1000 outputs (ImageNet's classes): for COCO items, whose
+    targets are ImageNet classes (``--model tests/models_gt.py:tiny_imagenet``)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000))

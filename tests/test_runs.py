@@ -1,0 +1,223 @@
+"""chanattr run: datasets sharded over torchrun's processes, resumable; class-level unit masks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from chanattr.class_units import class_unit_mask
+from chanattr.runs import read_item, read_results
+from chanattr.items import read_items
+from chanattr.units.space import unit_extremal_perturbation
+
+HERE = Path(__file__).parent
+JOINT = ["--model", f"{HERE / 'models_gt.py'}:JointChannelNet", "--input-size", "16", "--threads", "1",
+         "--no-progress", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Six small photos in a folder (the bundled samples, two of them also turned)."""
+    from chanattr.images import load_image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        load_image(name).resize((40, 40)).save(folder / f"{name}.png")
+    for name in ("chelsea", "rocket"):
+        load_image(name).resize((40, 40)).rotate(90).save(folder / f"{name}_turned.jpg")
+    return folder
+
+
+def _torchrun(*argv) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chanattr",
+           *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def _same_items(a: Path, b: Path) -> None:
+    items = json.loads((a / "manifest.json").read_text())["items"]
+    assert items == json.loads((b / "manifest.json").read_text())["items"]
+    for ident in items:
+        x, y = np.load(a / "items" / f"{ident}.npz"), np.load(b / "items" / f"{ident}.npz")
+        assert sorted(x.files) == sorted(y.files)
+        for k in x.files:
+            assert np.array_equal(x[k], y[k]), (ident, k)
+
+
+def test_two_processes_give_the_results_of_one(run_cli, photos, tmp_path):
+    args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "0.3", "--iterations", "20",
+            "--batch-images", "4", *JOINT]
+    code, out, err = run_cli("run", "channels", *args, "--out", tmp_path / "one")
+    assert code == 0, err
+    assert "6 items (0 finished earlier), 1 process(es)" in out
+    two = _torchrun("run", "channels", *args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
+    _same_items(tmp_path / "one", tmp_path / "two")
+    rows = read_results(tmp_path / "one")
+    assert rows == read_results(tmp_path / "two")
+    assert len(rows) == 12 and {r["area"] for r in rows} == {0.2, 0.3}
+    assert all(r["unit"] == "channels" and r["units"] == len(r["kept"]) for r in rows)
+    # the joint channels of the planted model: 3 of them at area 0.2 (3 of 16 channels)
+    assert all(set(r["kept"]) < {2, 5, 9, 13} for r in rows if r["area"] == 0.2)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["method"] == "channels" and manifest["run"]["processes"] == 2
+    assert manifest["settings"]["layer"] == "features.1" and manifest["code"] and manifest["model"]["fingerprint"]
+
+
+def test_killed_run_resumes_without_losing_or_repeating(run_cli, photos, tmp_path):
+    slow = ["--model", f"{HERE / 'models_gt.py'}:SlowJointChannelNet", *JOINT[2:]]
+    args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "--iterations", "15",
+            "--batch-images", "2", *slow]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "chanattr", "run", "channels", *map(str, args), "--out", str(out)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "items").glob("*.npz")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.stem for p in (out / "items").glob("[!.]*.npz"))
+    assert 1 <= len(done) < 6, "the kill should land half-way"
+    assert not (out / "results.parquet").exists()
+    ids = json.loads((out / "manifest.json").read_text())["items"]
+    finished = [i for b in (ids[s : s + 2] for s in range(0, 6, 2)) if set(b) <= set(done) for i in b]
+    stamps = {i: (out / "items" / f"{i}.npz").stat().st_mtime_ns for i in finished}
+    code, text, err = run_cli("run", "channels", *args, "--out", out)  # the same command resumes
+    assert code == 0, err
+    assert f"({len(finished)} finished earlier)" in text
+    for i, stamp in stamps.items():  # finished batches are not redone (a half-written batch is, whole)
+        assert (out / "items" / f"{i}.npz").stat().st_mtime_ns == stamp
+    assert not list((out / "items").glob(".*"))  # no half-written file left
+    code, _, err = run_cli("run", "channels", *args, "--out", tmp_path / "whole")
+    assert code == 0, err
+    _same_items(out, tmp_path / "whole")
+    rows = read_results(out)
+    assert sorted(r["item"] for r in rows) == sorted(r["item"] for r in read_results(tmp_path / "whole"))
+    assert len(rows) == len({r["item"] for r in rows}) == 6
+
+
+def test_changed_settings_are_refused_unless_overwrite(run_cli, photos, tmp_path):
+    args = ["--images", photos, "--layer", "features.1", "--iterations", "5", *JOINT, "--out", tmp_path / "r"]
+    assert run_cli("run", "channels", *args, "--areas", "0.2")[0] == 0
+    code, out, _ = run_cli("run", "channels", *args, "--areas", "0.2")  # the same: all finished, nothing redone
+    assert code == 0 and "(6 finished earlier)" in out
+    code, _, err = run_cli("run", "channels", *args, "--areas", "0.3")
+    assert code == 2 and "areas: [0.2] -> [0.3]" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("run", "channels", *args, "--areas", "0.3", "--overwrite")
+    assert code == 0 and "(0 finished earlier)" in out
+    assert {r["area"] for r in read_results(tmp_path / "r")} == {0.3}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    code, _, err = run_cli("run", "channels", *args[:-1], tmp_path / "mine", "--areas", "0.2")
+    assert code == 2 and "holds no run" in err
+
+
+def test_merge_and_unfinished_runs(run_cli, photos, tmp_path):
+    args = ["--images", photos, *JOINT, "--score-areas", "0.1", "--out", tmp_path]
+    assert run_cli("run", "gradient", *args)[0] == 0
+    rows = read_results(tmp_path)
+    assert len(rows) == 6 and all(r["area"] == 0.1 and np.isfinite(r["score"]) for r in rows)
+    (tmp_path / "results.parquet").unlink()
+    code, out, _ = run_cli("merge", tmp_path)
+    assert code == 0 and "6 rows" in out and read_results(tmp_path) == rows
+    next((tmp_path / "items").glob("*.npz")).unlink()
+    code, _, err = run_cli("merge", tmp_path)
+    assert code == 2 and "1 of 6 items" in err and "run the same command again" in err
+
+
+def test_items_from_a_list_and_from_coco(run_cli, photos, tmp_path):
+    (tmp_path / "list.txt").write_text(f"# two photos\n{photos / 'coffee.png'}\nchelsea\n")
+    assert [it.id for it in read_items(str(tmp_path / "list.txt")).items] == ["coffee", "chelsea"]
+    # a COCO-style folder: two photos with a cat box (COCO class 0 here), one with a box outside the crop
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    (coco / "boxes").mkdir()
+    (coco / "boxes_classes.yaml").write_text("names:\n  0: cat\n  1: person\n")
+    for name, line in [("a", "0 0.5 0.5 0.4 0.4"), ("b", "0 0.25 0.25 0.2 0.2\n1 0.5 0.5 0.2 0.2"),
+                       ("c", "0 0.1 0.5 0.1 0.2")]:
+        Image.open(photos / "chelsea.png").resize((80, 40) if name == "c" else (40, 40)).save(
+            coco / "images" / f"{name}.jpg")  # c is wide: its centre crop leaves out the left quarter
+        (coco / "boxes" / f"{name}.txt").write_text(line)
+    source = read_items(f"coco:{coco}", input_size=32)
+    assert [it.id for it in source.items] == ["a-cat", "b-cat"]  # person has no ImageNet class; c's cat is cropped
+    code, _, err = run_cli("run", "gradcam", "--images", f"coco:{coco}", "--model",
+                           f"{HERE / 'models_gt.py'}:tiny_imagenet", "--input-size", "32", "--no-progress",
+                           "--score-areas", "0.2", "--out", tmp_path / "run")
+    assert code == 0, err
+    rows = read_results(tmp_path / "run")
+    assert [r["class"] for r in rows] == ["cat", "cat"]
+    assert all(281 <= r["target"] <= 285 for r in rows)  # the most probable of ImageNet's cats
+    assert all(isinstance(r["hit_box"], bool) and 0 <= r["point_row"] < 32 for r in rows)
+    a = read_item(tmp_path / "run", source.items[0])[0]["saliency"]
+    row, col = divmod(int(np.argmax(a)), 32)
+    assert (rows[0]["point_row"], rows[0]["point_col"]) == (row, col)
+    # the cat box of photo a covers 0.3-0.7 of the 32 px input: pixels 10..21 (centres inside it)
+    dr, dc = max(0, 10 - row, row - 21), max(0, 10 - col, col - 21)
+    assert rows[0]["hit_box"] == (dr * dr + dc * dc <= 15 * 15)
+
+
+class NoiseAndClass(nn.Module):
+    """Class 0 = 3 min(a0, a1, a2) + the sum of the other units of ``features`` (16 units, the
+    input itself). Every image carries the class on units 0-2 (1 each) and has its own noise
+    unit (5) among units 3-10: each image alone is best kept by its noise unit (5.2 > 3 with 3
+    units), the class as a whole by units 0-2 (3 per image, against at most 2.1 on average)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, x):
+        a = self.features(x).flatten(1)
+        s = 3 * a[:, :3].min(1).values + a[:, 3:].sum(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def _noise_and_class_images(n: int = 8) -> torch.Tensor:
+    x = torch.full((n, 16, 1, 1), 0.1)
+    x[:, :3] = 1.0
+    for i in range(n):
+        x[i, 3 + i] = 5.0
+    return x
+
+
+def test_class_mask_finds_the_shared_units_the_per_image_masks_miss():
+    model, x = NoiseAndClass().eval(), _noise_and_class_images()
+    shared = class_unit_mask(model, x, 0, "features", [3 / 16])
+    assert set(shared.kept_units(0, 0)) == {0, 1, 2}
+    assert float(shared.binary_reward[0, 0]) == pytest.approx(3.0)
+    per_image = unit_extremal_perturbation(model, x, 0, "features", [3 / 16])
+    assert (per_image.binary_reward[:, 0] > 3.0).all()  # alone, each image is better served by its noise unit
+    mean = per_image.masks[:, 0].mean(0)
+    assert set(mean.argsort(descending=True)[:3].tolist()) != {0, 1, 2}  # averaging them does not find the class
+    assert shared.masks.shape == (1, 1, 16) and shared.info["images"] == 8
+
+
+def test_class_channels_run_and_invert_from_it(run_cli, photos, tmp_path):
+    args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "--iterations", "15", "--class", "0",
+            *JOINT]
+    code, out, err = run_cli("run", "class-channels", *args, "--out", tmp_path / "one")
+    assert code == 0, err and "class mask" in out
+    two = _torchrun("run", "class-channels", *args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = np.load(tmp_path / "one" / "class_channels.npz"), np.load(tmp_path / "two" / "class_channels.npz")
+    for k in ("masks", "image_mean", "image_std"):
+        assert np.array_equal(a[k], b[k]), k
+    summary = json.loads((tmp_path / "one" / "class_summary.json").read_text())
+    assert summary["images"] == 6 and set(summary["areas"][0]["kept"]) < {2, 5, 9, 13}
+    code, out, err = run_cli("invert", "chelsea", "--layer", "features.1", "--from", tmp_path / "one",
+                             "--iterations", "3", *JOINT[:4], "--no-progress", "--out", tmp_path / "inv")
+    assert code == 0, err
+    inv = json.loads((tmp_path / "inv" / "summary.json").read_text())
+    assert sorted(inv["subset"]) == sorted(summary["areas"][0]["kept"])
