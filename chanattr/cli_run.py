@@ -23,6 +23,8 @@ def _batch(p: argparse.ArgumentParser, default: int = 4) -> None:
     if not any("--batch-images" in a.option_strings for a in p._actions):
         p.add_argument("--batch-images", type=int, default=default, metavar="N",
                        help=f"images per batch; a batch is the unit of work and of resuming (default {default})")
+    p.add_argument("--rows-only", action="store_true",
+                   help="keep only each item's rows (results.parquet), not its masks or maps: small item files")
     p.add_argument("--tolerance", type=float, default=15.0, metavar="PX",
                    help="COCO items: the pointing game's tolerance in pixels at the model's input size (default 15)")
 
@@ -155,6 +157,9 @@ def _check_run_args(args) -> None:
         raise ChanattrError(f"--keep {args.keep} is outside (0, 1]")
     if args.method == "invert" and not 0 < args.area < 1:
         raise ChanattrError(f"--area {args.area} is outside (0, 1)")
+    if args.method == "class-channels" and args.rows_only:
+        raise ChanattrError("class-channels keeps each image's mask (for the spread beside the class mask): drop "
+                            "--rows-only")
     if getattr(args, "class_token", False) and args.unit != "tokens":
         raise ChanattrError("--class-token goes with --unit tokens")
 

@@ -9,6 +9,7 @@ Layout of a run folder ``DIR``:
 - ``items/ID.npz``: one file per item, written atomically (a temporary name, then a rename):
   the method's arrays, plus ``_rows`` (JSON: the item's rows) and ``_item``.
 - ``results.parquet``: every item's rows, merged when all processes finish (``merge_run``).
+- ``processes/rank-R.json``: each process's items, seconds and peak memory in the last invocation.
 
 Work is split in *batches* of consecutive items (``--batch-images``); a batch always holds the
 same items, whatever the number of processes, so one process and several give the same
@@ -121,10 +122,10 @@ def check_run_folder(out: Path, manifest: dict, overwrite: bool) -> bool:
                 keys = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
                 what.append("settings (" + ", ".join(f"{n}: {a.get(n)!r} -> {b.get(n)!r}" for n in keys) + ")")
             else:
-                what.append({"items_sha256": "the items", "code": "chanattr's code version", "model": "the model"}
-                            .get(k, k))
-        raise ChanattrError(f"{out} holds a run with other {'; '.join(what)}: give another --out, or --overwrite "
-                            f"to start it again")
+                what.append({"items_sha256": "its items", "code": "chanattr's code version", "model": "the model",
+                             "method": f"the method ({saved.get('method')})"}.get(k, k))
+        raise ChanattrError(f"{out} holds a run that differs in {'; '.join(what)}: give another --out, or "
+                            f"--overwrite to start it again")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ChanattrError(f"{out} is not empty and holds no run (no manifest.json): give another --out, or "
                             f"--overwrite to write the run beside what is there")
@@ -141,7 +142,7 @@ def clear_run(out: Path) -> None:
     for name in ("results.parquet", "manifest.json", "channels.npz"):
         if (out / name).exists():
             (out / name).unlink()
-    for p in out.glob("class_*"):
+    for p in [*out.glob("class_*"), *out.glob("processes/rank-*.json")]:
         if p.is_file():
             p.unlink()
 
@@ -214,7 +215,8 @@ def run_items(
             clear_run(out)
             (out / "items").mkdir(exist_ok=True)
             _write_atomic(out / "manifest.json", json.dumps(_json(manifest), indent=2) + "\n")
-        for stale in (out / "items").glob(".*.tmp.npz"):  # a killed process's half-written file
+        for stale in [*(out / "items").glob(".*.tmp.npz"),  # a killed process's half-written file
+                      *out.glob("processes/rank-*.json")]:  # the last invocation's statistics
             stale.unlink(missing_ok=True)
     barrier(procs)
     batches = batches_of(source.items, batch_size)
@@ -230,11 +232,12 @@ def run_items(
     for batch in mine:
         outputs = _compute_batch(compute, args, lm, source, batch, device, tolerance)
         for item, (arrays, rows) in zip(batch, outputs):
-            write_item(out, item, arrays, rows)
+            write_item(out, item, {} if getattr(args, "rows_only", False) else arrays, rows)
         computed += len(batch)
         if bar.total:
             bar.n = len(source.items) - sum(len(b) for b in todo if not _done(out, b))
             bar.refresh()
+    _write_process_stats(out, procs, device, computed, time.perf_counter() - start)
     barrier(procs)
     bar.n = len(source.items)
     bar.close()
@@ -242,6 +245,29 @@ def run_items(
         merge_run(out)
     barrier(procs)
     return RunSummary(out, len(source.items), skipped, computed, time.perf_counter() - start)
+
+
+def peak_memory_mib(device: str = "cpu") -> float:
+    """This process's peak resident memory (MiB; Linux and macOS), or the peak CUDA memory
+    allocated on ``device`` when it is a GPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _write_process_stats(out: Path, procs: Processes, device: str, computed: int, seconds: float) -> None:
+    """``DIR/processes/rank-R.json``: what this process did in its last invocation."""
+    folder = out / "processes"
+    folder.mkdir(exist_ok=True)
+    stats = {"rank": procs.rank, "world_size": procs.world_size, "device": device,
+             "threads": torch.get_num_threads(), "items_computed": computed, "seconds": seconds,
+             "peak_memory_mib": peak_memory_mib("cpu"),
+             "peak_cuda_memory_mib": peak_memory_mib(device) if device.startswith("cuda") else None}
+    _write_atomic(folder / f"rank-{procs.rank}.json", json.dumps(stats, indent=2) + "\n")
 
 
 def _compute_batch(compute, args, lm, source: ItemSource, batch: list[Item], device: str,
@@ -255,14 +281,16 @@ def _compute_batch(compute, args, lm, source: ItemSource, batch: list[Item], dev
     with torch.no_grad():
         logits = lm.model(x).float()
     targets = _targets(logits, batch, args)
+    start = time.perf_counter()
     outputs = compute(lm, x, targets, args)
+    seconds = (time.perf_counter() - start) / len(batch)
     probs = logits.softmax(1).cpu()
     results = []
     for i, (item, o) in enumerate(zip(batch, outputs)):
         t = int(targets[i])
         base = {"item": item.id, "image": item.image, "source": item.source, "target": t,
                 "target_name": lm.class_name(t), "class": item.coco_class, "full_logit": float(logits[i, t]),
-                "target_prob": float(probs[i, t])}
+                "target_prob": float(probs[i, t]), "seconds": seconds}
         if item.coco_class is not None and "saliency" in o.arrays:
             base.update(_pointing(source, item, torch.from_numpy(o.arrays["saliency"].astype(np.float32)),
                                   lm.preprocessing.input_size, tolerance))

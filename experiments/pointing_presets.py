@@ -1,19 +1,19 @@
 """The pointing game, paper preset against fast preset against Grad-CAM, on the same pairs.
 
-The (image, COCO class) pairs of ``experiments/pointing_game.py`` (object inside the centre
-crop, target = the most probable ImageNet class of the COCO class's set) where the model
+The (image, COCO class) pairs of ``coco:DATA`` (object inside the centre crop, target = the
+most probable ImageNet class of the COCO class's set; ``chanattr.items``) where the model
 gives the target a probability of at least ``--min-probability`` (0.1: where it sees the
 object). Extremal perturbation at the paper's COCO areas (0.018, 0.025, 0.05, 0.1), preserve;
 its map is the smoothed sum of the binary top-a masks (``PixelResult.saliency``).
 
-The paper preset takes minutes a pair on a CPU, so every (image, method) result is appended
-to ``--log`` (JSON Lines, committed), keyed by the method's settings, the code version (a
-hash of the modules it runs) and the library versions: the command resumes where any earlier
-run stopped, on any machine, and ``--shard I/N`` splits the photos over processes. The table
-is printed from the log (``--table-only`` computes nothing), over the pairs every method has.
+Every method is a ``chanattr run`` (rows only) into ``--out/METHOD``: Grad-CAM over every pair
+first (its rows give the target probabilities that pick the pairs), then the fast and the paper
+presets over the picked pairs. The paper preset takes minutes a pair on a CPU; the runs resume
+where any earlier one stopped (their item files are small and committed), and shard over
+processes under torchrun. A run refuses to resume with other code (the manifest holds the code
+version): run a long experiment from a git worktree at a fixed commit.
 
-    python experiments/pointing_presets.py --threads 1 --shard 0/2 &
-    python experiments/pointing_presets.py --threads 1 --shard 1/2
+    torchrun --nproc_per_node 2 experiments/pointing_presets.py --threads 1
     python experiments/pointing_presets.py --table-only
 """
 
@@ -21,50 +21,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from chanattr import prepare_image
-from chanattr.baselines import saliency
-from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
-from chanattr.evaluation import PointingGame, max_point, pointing_hit
-from chanattr.pixel import extremal_perturbation
-
-from _common import (add_device_args, append_record, code_version, library_versions, model_on_device,
-                     read_records, settings_key)
+from chanattr.cli import build_parser, model_from_args
+from chanattr.coco import default_coco_root
+from chanattr.distributed import barrier, process_device, processes_from_environment, start, stop
+from chanattr.errors import ChanattrError
+from chanattr.evaluation import PointingGame
+from chanattr.items import ItemSource, read_items
+from chanattr.run_methods import method_function
+from chanattr.runs import read_results, run_items
 
 HERE = Path(__file__).resolve().parent
-AREAS = (0.018, 0.025, 0.05, 0.1)
+AREAS = ("0.018", "0.025", "0.05", "0.1")
 METHODS = ("gradcam", "fast", "paper")
-CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
-        "chanattr/baselines.py", "chanattr/coco.py", "chanattr/images.py", "chanattr/evaluation/pointing.py",
-        "experiments/pointing_presets.py"]
 
 
-def method_settings(method: str, args) -> dict:
-    base = {"method": method, "tolerance": args.tolerance, "min_probability": args.min_probability,
-            "device": str(args.device), "code": code_version(CODE), "versions": library_versions()}
-    if method in ("fast", "paper"):
-        base.update(areas=AREAS, preset=method, iterations=args.iterations)
-    return base
-
-
-def run_maps(method: str, model, x, targets: list[int], args) -> tuple[torch.Tensor, list]:
-    """N x H x W maps (one per class of this photo) and per-pair extras."""
+def run_args(method: str, spec: str, out: Path, args) -> argparse.Namespace:
+    """The ``chanattr run`` options of a method (what its manifest records)."""
+    argv = ["run", "gradcam" if method == "gradcam" else "explain", "--images", spec, "--out", str(out / method),
+            "--rows-only", "--tolerance", str(args.tolerance), "--device", args.device, "--no-progress"]
     if method == "gradcam":
-        return saliency("gradcam", model, x, targets), [{} for _ in targets]
-    r = extremal_perturbation(model, x, targets, AREAS, preset=method, iterations=args.iterations, progress=False)
-    return r.saliency().cpu(), [{"binary_reward": [float(v) for v in row], "iterations": int(r.iterations)}
-                                for row in r.binary_reward]
+        argv += ["--score-areas", "0.05"]
+    else:
+        argv += ["--preset", method, "--areas", *AREAS, "--batch-images", "1"]
+        if args.iterations:
+            argv += ["--iterations", str(args.iterations)]
+    return build_parser().parse_args(argv)
 
 
-def table(rows: list[dict], tolerance: float) -> str:
-    by = {}
-    for r in rows:
-        by.setdefault(r["method"], {})[(r["image"], r["class"])] = r
-    present = [m for m in METHODS if m in by]
+def table(rows: dict[str, list[dict]], tolerance: float) -> str:
+    by = {m: {r["item"]: r for r in rs if r.get("area") in (None, 0.05)} for m, rs in rows.items()}
+    present = [m for m in METHODS if by.get(m)]
     common = sorted(set.intersection(*(set(by[m]) for m in present))) if present else []
     if not common:
         return "no pair has every method's result yet"
@@ -89,6 +77,19 @@ def table(rows: list[dict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+def _rows(folder: Path) -> list[dict]:
+    """The finished items' rows of a run folder (merged or not)."""
+    import json
+
+    import numpy as np
+
+    out = []
+    for p in sorted((folder / "items").glob("[!.]*.npz")):
+        with np.load(p) as data:
+            out += json.loads(str(data["_rows"]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_coco_root(), help="a folder laid out like coco128")
@@ -96,64 +97,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-probability", type=float, default=0.1)
     ap.add_argument("--tolerance", type=float, default=15.0, help="pixels, at the model's input size")
     ap.add_argument("--iterations", type=int, default=None, help="override the presets' iterations (tests)")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N photos")
-    ap.add_argument("--shard", default="0/1", help="I/N: this process takes photos I, I+N, ...")
-    ap.add_argument("--log", type=Path, default=HERE / "results" / "pointing_presets.jsonl")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N picked pairs (tests)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "pointing_presets")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--table-only", action="store_true")
-    add_device_args(ap)
     args = ap.parse_args(argv)
-    lm, model = model_on_device(args)
-    device = torch.device(args.device)
-    size = lm.preprocessing.input_size
-    keys = {m: settings_key(method_settings(m, args)) for m in args.methods}
-    rows, stale = read_records(args.log, set(keys.values()))
+    spec = f"coco:{args.data}"
     if not args.table_only:
-        data = read_coco(args.data)
-        by_image: dict[str, list[str]] = {}
-        for im, c in data.pairs():
-            if box_mask(im, c, size).any():
-                by_image.setdefault(im.name, []).append(c)
-        names = list(by_image)[: args.limit] if args.limit else list(by_image)
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        done = {(r["image"], r["method"]) for r in rows}
-        for name in names[shard::shards]:
-            if all((name, m) in done for m in args.methods):
-                continue
-            im = data[name]
-            x1 = prepare_image(im.path, lm.preprocessing).input[None].to(device)
-            with torch.no_grad():
-                logits = model(x1)[0].cpu()
-            probs = logits.softmax(0)
-            pairs = [(c, imagenet_target(logits, c)) for c in by_image[name]]
-            pairs = [(c, t) for c, t in pairs if float(probs[t]) >= args.min_probability]
-            for method in args.methods:
-                if (name, method) in done:
-                    continue
-                start = time.perf_counter()
-                if pairs:
-                    maps, extras = run_maps(method, model, x1.expand(len(pairs), -1, -1, -1), [t for _, t in pairs],
-                                            args)
-                seconds = (time.perf_counter() - start) / max(1, len(pairs))
-                for (c, t), m, e in zip(pairs, maps if pairs else [], extras if pairs else []):
-                    seg = segment_mask(im, c, data.mask_classes, size)
-                    append_record(args.log, {
-                        "key": keys[method], "kind": "pair", "image": name, "class": c, "target": t, "method": method,
-                        "target_probability": float(probs[t]), "seconds": seconds, "point": list(max_point(m)),
-                        "hit_box": pointing_hit(m, box_mask(im, c, size), args.tolerance),
-                        "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
-                        **e})
-                # the photo is done for this method (also when none of its pairs qualified)
-                append_record(args.log, {"key": keys[method], "kind": "photo", "image": name, "method": method,
-                                         "pairs": len(pairs)})
-                print(f"pointing_presets: {name} {method}: {len(pairs)} pair(s), {seconds:.1f} s / pair",
-                      file=sys.stderr, flush=True)
-        rows, stale = read_records(args.log, set(keys.values()))
-    pair_rows = [r for r in rows if r.get("kind") == "pair"]
-    print(table(pair_rows, args.tolerance))
-    photos = {r["image"] for r in rows if r.get("kind") == "photo"}
-    print(f"\n{len(photos)} photo(s) done; pairs with target probability >= {args.min_probability:g}; tolerance "
-          f"{args.tolerance:g} px at {size} px; extremal at areas {list(AREAS)}"
-          + (f"; {stale} records with other settings or code not used" if stale else "") + ".")
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        procs = processes_from_environment()
+        args.device = process_device(args.device, procs)
+        start(procs, args.device)
+        try:
+            grad = run_args("gradcam", spec, args.out, args)
+            lm = model_from_args(grad)
+            everything = read_items(spec, input_size=lm.preprocessing.input_size)
+            run_items("gradcam", method_function("gradcam"), grad, lm, everything, args.out / "gradcam", procs,
+                      device=args.device, progress=procs.main, tolerance=args.tolerance)
+            seen = {r["item"] for r in read_results(args.out / "gradcam") if r["target_prob"] >= args.min_probability}
+            picked = [it for it in everything.items if it.id in seen][: args.limit]
+            picked = ItemSource(picked, "coco", spec, everything.coco)
+            for method in [m for m in args.methods if m != "gradcam"]:
+                run_items("explain", method_function("explain"), run_args(method, spec, args.out, args), lm, picked,
+                          args.out / method, procs, device=args.device, batch_size=1, progress=procs.main,
+                          tolerance=args.tolerance)
+                barrier(procs)
+        except ChanattrError as e:
+            raise SystemExit(f"pointing_presets: {e}")
+        finally:
+            stop(procs)
+        if not procs.main:
+            return 0
+    rows = {m: _rows(args.out / m) for m in args.methods if (args.out / m / "items").is_dir()}
+    seen = {r["item"] for r in rows.get("gradcam", []) if r["target_prob"] >= args.min_probability}
+    rows = {m: [r for r in rs if r["item"] in seen] for m, rs in rows.items()}
+    print(table(rows, args.tolerance))
+    print(f"\n{len(seen)} pairs with target probability >= {args.min_probability:g}; tolerance {args.tolerance:g} px "
+          f"at 224 px; extremal at areas {', '.join(AREAS)}; finished: "
+          + ", ".join(f"{m} {len(rs) // (len(AREAS) if m != 'gradcam' else 1)}" for m, rs in rows.items()) + ".")
     return 0
 
 
