@@ -57,6 +57,9 @@ def _direct(method: str, options: list[str], files: list[str], batch: int) -> fl
     from chanattr.run_methods import method_function
 
     args = build_parser().parse_args(["run", method, "--images", "x", "--out", "x", "--device", "cpu", *options])
+    from chanattr import retain_freed_memory
+
+    retain_freed_memory()  # as the command line does (chanattr.runtime): the same allocator for both
     torch.set_num_threads(1)
     lm = model_from_args(args)
     compute = method_function(method)
