@@ -580,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files, never shown
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

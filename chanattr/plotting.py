@@ -1,19 +1,17 @@
 """Matplotlib figures: masks over photos, perturbed inputs, area and channel curves.
 
-Every function returns a ``matplotlib.figure.Figure`` (Agg backend, nothing shown); save
-it with ``fig.savefig(path, dpi=150)``.
+Every function returns a ``matplotlib.figure.Figure``; save it with
+``fig.savefig(path, dpi=150)``. Importing this module leaves matplotlib's backend as the user
+set it (a notebook keeps its inline figures); the command line uses Agg (``chanattr.cli``).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 STYLE = {
     "font.size": 9,
