@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 
 import pytest
 import torch
@@ -130,6 +132,26 @@ def test_cascading_randomisation_leaves_model_and_separates_methods():
     assert all(s.ssim == pytest.approx(1.0) and s.spearman == pytest.approx(1.0) for s in edge)
     with pytest.raises(ChanattrError, match="unknown stage"):
         cascading_randomisation(model, x, 1, _gradient, stages=["nope"])
+
+
+def test_reset_randomisation_is_pytorchs_default_init_and_seeded():
+    from torch import nn
+
+    from chanattr.evaluation import randomise_
+
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    with torch.no_grad():
+        layer.weight.mul_(100.0)  # a "trained" scale that scaled re-init keeps and reset forgets
+    a, b, c = (copy.deepcopy(layer) for _ in range(3))
+    randomise_(a, torch.Generator().manual_seed(1), "reset")
+    randomise_(b, torch.Generator().manual_seed(1), "reset")
+    randomise_(c, torch.Generator().manual_seed(1), "scaled")
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, layer.weight)
+    assert float(a.weight.abs().max()) <= 1 / 64**0.5 + 1e-6  # kaiming-uniform's bound for fan-in 64
+    assert float(c.weight.std()) == pytest.approx(float(layer.weight.std()), rel=0.1)
+    with pytest.raises(ChanattrError, match="unknown init"):
+        randomise_(a, torch.Generator(), "other")
 
 
 # -- ROAR ------------------------------------------------------------------------------------

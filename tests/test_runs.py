@@ -62,24 +62,34 @@ def _timeless(rows: list[dict]) -> list[dict]:
 
 
 def test_two_processes_give_the_results_of_one(run_cli, photos, tmp_path):
+    """One torchrun launch checks both kinds of work: the per-image masks (items) and the class
+    mask (rewards and gradients summed over the processes)."""
     args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "0.3", "--iterations", "20",
-            "--batch-images", "4", *JOINT]
-    code, out, err = run_cli("run", "channels", *args, "--out", tmp_path / "one")
+            "--batch-images", "4", "--class", "0", *JOINT]
+    code, out, err = run_cli("run", "class-channels", *args, "--out", tmp_path / "one")
     assert code == 0, err
-    assert "6 items (0 finished earlier), 1 process(es)" in out
-    two = _torchrun("run", "channels", *args, "--out", tmp_path / "two")
+    assert "6 items (0 finished earlier), 1 process(es)" in out and "class mask" in out
+    two = _torchrun("run", "class-channels", *args, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stdout
     _same_items(tmp_path / "one", tmp_path / "two")
     rows = read_results(tmp_path / "one")
     assert _timeless(rows) == _timeless(read_results(tmp_path / "two"))
     assert len(rows) == 12 and {r["area"] for r in rows} == {0.2, 0.3}
-    assert all(r["unit"] == "channels" and r["units"] == len(r["kept"]) for r in rows)
+    assert all(r["unit"] == "channels" and r["units"] == len(r["kept"]) and r["target"] == 0 for r in rows)
     # the joint channels of the planted model: 3 of them at area 0.2 (3 of 16 channels)
     assert all(set(r["kept"]) < {2, 5, 9, 13} for r in rows if r["area"] == 0.2)
+    a, b = np.load(tmp_path / "one" / "class_channels.npz"), np.load(tmp_path / "two" / "class_channels.npz")
+    for k in ("masks", "image_mean", "image_std"):
+        assert np.array_equal(a[k], b[k]), k
+    assert a["masks"].shape == (2, 16) and a["image_mean"].shape == (2, 16)
+    summary = json.loads((tmp_path / "two" / "class_summary.json").read_text())
+    assert summary["images"] == 6 and summary["processes"] == 2 and set(summary["areas"][0]["kept"]) < {2, 5, 9, 13}
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert manifest["method"] == "channels" and manifest["run"]["processes"] == 2
+    assert manifest["method"] == "class-channels" and manifest["run"]["processes"] == 2
     assert manifest["settings"]["layer"] == "features.1" and manifest["code"] and manifest["model"]["fingerprint"]
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "processes").glob("rank-*.json"))]
+    assert [s["items_computed"] for s in stats] == [4, 2] and all(s["peak_memory_mib"] > 0 for s in stats)
 
 
 def test_killed_run_resumes_without_losing_or_repeating(run_cli, photos, tmp_path):
@@ -215,12 +225,7 @@ def test_class_channels_run_and_invert_from_it(run_cli, photos, tmp_path):
     args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "--iterations", "15", "--class", "0",
             *JOINT]
     code, out, err = run_cli("run", "class-channels", *args, "--out", tmp_path / "one")
-    assert code == 0, err and "class mask" in out
-    two = _torchrun("run", "class-channels", *args, "--out", tmp_path / "two")
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = np.load(tmp_path / "one" / "class_channels.npz"), np.load(tmp_path / "two" / "class_channels.npz")
-    for k in ("masks", "image_mean", "image_std"):
-        assert np.array_equal(a[k], b[k]), k
+    assert code == 0 and "class mask" in out, err
     summary = json.loads((tmp_path / "one" / "class_summary.json").read_text())
     assert summary["images"] == 6 and set(summary["areas"][0]["kept"]) < {2, 5, 9, 13}
     code, out, err = run_cli("invert", "chelsea", "--layer", "features.1", "--from", tmp_path / "one",
@@ -228,3 +233,5 @@ def test_class_channels_run_and_invert_from_it(run_cli, photos, tmp_path):
     assert code == 0, err
     inv = json.loads((tmp_path / "inv" / "summary.json").read_text())
     assert sorted(inv["subset"]) == sorted(summary["areas"][0]["kept"])
+    code, _, err = run_cli("run", "class-channels", *args, "--rows-only", "--out", tmp_path / "two")
+    assert code == 2 and "drop --rows-only" in err

@@ -50,10 +50,28 @@ def default_stages(model: nn.Module) -> list[str]:
     return stages[::-1]
 
 
+INITS = ("scaled", "reset")
+
+
 @torch.no_grad()
-def randomise_(module: nn.Module, generator: torch.Generator) -> None:
-    """Re-initialise every parameter of ``module`` in place (weights ~ N(0, std of the trained
-    weight, or 0.05), biases and norm shifts 0, norm scales 1, running statistics reset)."""
+def randomise_(module: nn.Module, generator: torch.Generator, init: str = "scaled") -> None:
+    """Re-initialise every parameter of ``module`` in place. ``"scaled"`` (default): weights ~
+    N(0, std of the trained weight, or 0.05), biases and norm shifts 0, norm scales 1, running
+    statistics reset -- each layer keeps its trained scale, so a deep network's activations
+    neither vanish nor explode. ``"reset"``: each module's own ``reset_parameters()`` (PyTorch's
+    default initialisation, as Quantus's MPRT does), seeded from ``generator``; in a deep network
+    with normalisation layers reset, activations can shrink towards zero layer by layer."""
+    if init == "reset":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            for sub in module.modules():
+                if hasattr(sub, "reset_running_stats"):
+                    sub.reset_running_stats()
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+        return
+    if init != "scaled":
+        raise ChanattrError(f"unknown init {init!r}: use {' or '.join(INITS)}")
     for sub in module.modules():
         if hasattr(sub, "reset_running_stats"):
             sub.reset_running_stats()
@@ -81,10 +99,12 @@ def cascading_randomisation(
     *,
     stages: Sequence[str] | None = None,
     seed: int = 0,
+    init: str = "scaled",
 ) -> tuple[torch.Tensor, list[SanityStage]]:
     """Cascading model randomisation for one image (``x``: 1 x 3 x H x W). ``attribute(model,
     x, target)`` returns a 1 x H x W (or H x W) map. Works on a copy: the model is untouched.
-    Returns (the trained model's map, one ``SanityStage`` per stage, output side first)."""
+    ``init``: how a stage is re-initialised (``randomise_``). Returns (the trained model's map,
+    one ``SanityStage`` per stage, output side first)."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ChanattrError("the sanity check takes one image: x must be 1 x 3 x H x W")
     stages = list(stages) if stages is not None else default_stages(model)
@@ -103,7 +123,7 @@ def cascading_randomisation(
     original = run()
     out = []
     for s in stages:
-        randomise_(work_names[s], g)
+        randomise_(work_names[s], g, init)
         m = run()
         out.append(SanityStage(s, *map_similarity(original, m), m))
     del work
