@@ -235,3 +235,25 @@ def test_class_channels_run_and_invert_from_it(run_cli, photos, tmp_path):
     assert sorted(inv["subset"]) == sorted(summary["areas"][0]["kept"])
     code, _, err = run_cli("run", "class-channels", *args, "--rows-only", "--out", tmp_path / "two")
     assert code == 2 and "drop --rows-only" in err
+
+
+def test_report_explorer_of_a_channels_folder(run_cli, tmp_path):
+    folder = tmp_path / "ch"
+    model = JOINT[:4]
+    code, _, err = run_cli("channels", "chelsea", *model, "--layer", "features.1", "--areas", "0.2", "--iterations",
+                           "10", "--target", "0", "--no-progress", "--out", folder)
+    assert code == 0, err
+    code, out, err = run_cli("report", folder, *model, "--vis-iterations", "4", "--invert-iterations", "4",
+                             "--iterations", "10", "--units", "3")
+    assert code == 0, err
+    page = (folder / "explorer.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
+    assert page.count('type="radio"') == 2  # the model's two classes, the folder's target first (checked)
+    assert 'id="c0" checked' in page and ">0 (" in page
+    # per unit: its mask value, the logit without it, its activation and visualisation images
+    assert page.count("data:image/png;base64,") == 2 * (1 + 1 + 3 * 2)
+    summary = json.loads((folder / "summary.json").read_text())
+    kept = summary["areas"][0]["channels"]
+    assert f"<tr><td>{kept[0]}</td><td>" in page
+    code, _, err = run_cli("report", folder, *model)
+    assert code == 2 and "--overwrite" in err
