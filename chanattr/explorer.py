@@ -36,9 +36,11 @@ class ClassView:
     logit: float
     area: float
     kept_logit: float  # the target logit with only the salient units kept
+    kept_count: int = 0
     rows: list[UnitRow] = field(default_factory=list)
     inversion_png: bytes | None = None
     source: str = ""  # where the mask came from
+    baseline: str = "zero"
 
 
 def _png(array: np.ndarray, cmap: str | None = None, overlay: np.ndarray | None = None) -> bytes:
@@ -50,7 +52,8 @@ def _png(array: np.ndarray, cmap: str | None = None, overlay: np.ndarray | None 
     ax.axis("off")
     if overlay is not None:
         ax.imshow(overlay)
-        ax.imshow(array, cmap=cmap or "magma", alpha=0.6, extent=(0, overlay.shape[1], overlay.shape[0], 0))
+        ax.imshow(array, cmap=cmap or "magma", alpha=0.6, extent=(0, overlay.shape[1], overlay.shape[0], 0),
+                  interpolation="bilinear")
     else:
         ax.imshow(np.clip(array, 0, 1), cmap=cmap)
     buf = io.BytesIO()
@@ -59,7 +62,8 @@ def _png(array: np.ndarray, cmap: str | None = None, overlay: np.ndarray | None 
 
 
 def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_classes: int = 3, units: int = 8,
-            area: float | None = None, unit: str = "channels", layout: str | None = None, iterations: int = 100,
+            area: float | None = None, unit: str = "channels", layout: str | None = None, baseline: str = "zero",
+            iterations: int = 100,
             vis_iterations: int = 64, invert_iterations: int = 100, seed: int = 0) -> list[ClassView]:
     """The explorer's content for one image (``x``: 1 x 3 x H x W): one ``ClassView`` per top
     class. ``saved``: a unit result already computed for one class (``read_channel_result`` plus
@@ -79,7 +83,7 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
     order = probs.argsort(descending=True).tolist()
     classes = ([int(saved["target"])] if saved is not None else []) + order
     classes = list(dict.fromkeys(classes))[: max(1, top_classes)]
-    space = UnitSpace(lm.model, x, layer, unit=unit, layout=layout)
+    space = UnitSpace(lm.model, x, layer, unit=unit, layout=layout, baseline=baseline)
     n_units = space.num_units
     if area is None:
         area = float(min(saved["areas"])) if saved is not None else 0.05
@@ -113,7 +117,7 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
         keep[-1, kept] = 1  # only the salient set kept
         scores = space.target_scores(keep, torch.zeros(keep.shape[0], dtype=torch.long, device=x.device), target)
         view = ClassView(c, lm.class_name(c), float(probs[c]), float(logits[c]), area, float(scores[-1]),
-                         source=source)
+                         len(kept), source=source, baseline=baseline)
         vis = visualize_channels(lm.model, layer, shown, lm.preprocessing, iterations=vis_iterations, seed=seed,
                                  progress=False, unit=unit, layout=layout) if vis_iterations > 0 else None
         for j, u in enumerate(shown):
@@ -171,11 +175,12 @@ def render_explorer(title: str, photo_png: bytes, layer: str, unit: str, views: 
         out.append('<div class="top"><figure>' + _img(photo_png, "photo") + "<figcaption>photo</figcaption></figure>")
         if v.inversion_png is not None:
             out.append("<figure>" + _img(v.inversion_png, "inversion") +
-                       f"<figcaption>inversion of the {len(v.rows) if v.rows else 0}+ salient {html.escape(unit)}"
+                       f"<figcaption>inversion of the {v.kept_count} salient {html.escape(unit)}"
                        "</figcaption></figure>")
         out.append(f"<p>Class <b>{html.escape(v.name)}</b> ({v.target}): logit {v.logit:.2f}, probability "
                    f"{v.probability:.3f}. The {html.escape(unit)} of <code>{html.escape(layer)}</code> that keep it "
-                   f"at area {v.area:g} ({html.escape(v.source)}): with only them kept the logit is "
+                   f"at area {v.area:g} ({v.kept_count} of them; {html.escape(v.source)}): with only them kept "
+                   f"({html.escape(v.baseline)} baseline for the rest) the logit is "
                    f"{v.kept_logit:.2f}. Below, the strongest of them: each one's mask value, its activation over "
                    f"the photo, the logit with that {html.escape(unit[:-1] if unit.endswith('s') else unit)} alone "
                    "removed, and its feature visualisation.</p></div>")
@@ -210,9 +215,16 @@ def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8
         target = int(data["target"])
     check_provenance(source, lm, x)
     found = read_channel_result(source, unit=None)
+    import json
+
+    baseline = json.loads((source / "summary.json").read_text()).get("baseline", "zero") if (
+        source / "summary.json").is_file() else "zero"
+    if baseline not in ("zero", "mean"):
+        raise ChanattrError(f"{source} was made with a {baseline} baseline the explorer cannot rebuild: rerun "
+                            f"`chanattr channels` with --baseline zero or mean")
     saved = {**found, "target": target}
     views = explore(lm, x, found["layer"], saved=saved, top_classes=top_classes, units=units, unit=found["unit"],
-                    layout=found["layout"] if found["layout"] != "" else None, iterations=iterations,
+                    layout=found["layout"] if found["layout"] != "" else None, baseline=baseline, iterations=iterations,
                     vis_iterations=vis_iterations, invert_iterations=invert_iterations, seed=seed)
     rgb = (x[0].cpu() * torch.tensor(lm.preprocessing.std)[:, None, None]
            + torch.tensor(lm.preprocessing.mean)[:, None, None]).clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy()
