@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,3 +258,24 @@ def test_report_explorer_of_a_channels_folder(run_cli, tmp_path):
     assert f"<tr><td>{kept[0]}</td><td>" in page
     code, _, err = run_cli("report", folder, *model)
     assert code == 2 and "--overwrite" in err
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="needs Chromium (Debian package chromium) for a headless render")
+def test_report_explorer_renders_in_chromium(run_cli, tmp_path):
+    folder = tmp_path / "ch"
+    model = JOINT[:4]
+    assert run_cli("channels", "chelsea", *model, "--layer", "features.1", "--areas", "0.2", "--iterations", "5",
+                   "--target", "0", "--no-progress", "--out", folder)[0] == 0
+    assert run_cli("report", folder, *model, "--vis-iterations", "4", "--invert-iterations", "4",
+                   "--iterations", "5")[0] == 0
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(
+        [shutil.which("chromium") or shutil.which("chromium-browser"), "--headless", "--no-sandbox", "--disable-gpu",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400", f"--screenshot={shot}",
+         (folder / "explorer.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape == (1400, 1000)
+    assert (img.std(axis=1) > 20).sum() > 300  # the photo, the inversion and the units' images rendered
