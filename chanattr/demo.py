@@ -23,8 +23,11 @@ CHANNEL_AREAS = (0.02, 0.05, 0.1)
 
 
 def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: int = 200,
-             channel_iterations: int = 300, invert_iterations: int = 200, progress: bool | None = None) -> Path:
-    """Run the pipeline into ``out`` and return the path of ``report.html``."""
+             channel_iterations: int = 300, invert_iterations: int = 200, explorer_iterations: int = 48,
+             progress: bool | None = None) -> Path:
+    """Run the pipeline into ``out`` and return the path of ``report.html``; ``explorer.html``
+    beside it explores the salient channels of the top three classes (``chanattr report``) with
+    ``explorer_iterations`` steps for each search, visualisation and inversion (0: no explorer)."""
     from .units.space import ChannelSpace, channel_extremal_perturbation
     from .images import prepare_image
     from .models import load_model
@@ -65,6 +68,15 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
                                f"channel extremal perturbation, area {CHANNEL_AREAS[1]}",
                                iterations=invert_iterations, progress=progress)
     seconds["invert (salient, all, rest)"] = time.perf_counter() - t
+
+    if explorer_iterations > 0:
+        from .explorer import build_report
+
+        t = time.perf_counter()
+        build_report(root, lm, top_classes=3, units=6, iterations=explorer_iterations,
+                     vis_iterations=explorer_iterations, invert_iterations=explorer_iterations,
+                     out=root / "explorer.html")
+        seconds["explorer (top 3 classes)"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
 
     sections = [
@@ -94,6 +106,11 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
                 tables=[(["inversion", "channels", "relative error on them"],
                          [[k, inverted["counts"][k], inverted["relative_error"][k]] for k in inverted["counts"]])],
                 figures=[(dirs["invert"] / "inversion.png", "Original | all | salient | the rest.")]),
+        *([Section("Explore further",
+                   ["explorer.html, beside this page: for each of the top three classes, the salient channels of "
+                    f"{DEMO_LAYER} with their mask values, their activations over the photo, the logit with each "
+                    "removed alone, their feature visualisations and the inversion of each class's set "
+                    "(chanattr report DIR makes it for any channels folder)."])] if explorer_iterations > 0 else []),
         Section("Settings and time",
                 [f"Iterations cut for a quick demo: explain at most {explain_iterations} (it stops once the masks "
                  f"settle; ran {explain['iterations']}), channels at most {channel_iterations} (ran "

@@ -82,7 +82,7 @@ def demo_report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo")
     path = run_demo(out, overwrite=True, explain_iterations=4, channel_iterations=10, invert_iterations=3,
-                    progress=False)
+                    explorer_iterations=2, progress=False)
     return path
 
 
@@ -90,6 +90,8 @@ def test_demo_report_is_self_contained(demo_report):
     page = demo_report.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
+    explorer = (demo_report.parent / "explorer.html").read_text()
+    assert explorer.count('type="radio"') == 3 and "<script" not in explorer and "explorer.html" in page
     for folder, files in (("explain", ["masks.npz", "summary.json", "explain.png"]),
                           ("channels", ["channels.npz", "summary.json", "channels.png"]),
                           ("invert", ["inversions.npz", "summary.json", "inversion.png"])):
