@@ -70,7 +70,7 @@ def _run_setups() -> dict:
               "channels": (_setup_channels, "extremal perturbations over the units of a layer"),
               "class-channels": (_setup_class_channels,
                                  "one unit mask shared by every image of a class (and each image's own)"),
-              "prunegrad": (_setup_prunegrad, "PruneGrad saliency"),
+              "prunegrad": (lambda p: (_setup_prunegrad(p), _score_areas(p)), "PruneGrad saliency"),
               "invert": (_setup_run_invert, "feature inversion of each image's salient units")}
     for name in _saliency_names():
         setups[name] = (_setup_saliency(name), f"the {name} saliency map")

@@ -34,7 +34,8 @@ def _map_rows(lm, x, targets, maps: torch.Tensor, areas: list[float]) -> list[li
     """Per image, one row per area: the target logit with the top ``area`` of its map kept."""
     from .evaluation import extremal_score
 
-    scores = extremal_score(lm.model, x, maps[:, None].to(x.device), targets, areas).cpu()
+    ranked = maps[:, None].expand(-1, len(areas), -1, -1).to(x.device)  # the same map, ranked at every area
+    scores = extremal_score(lm.model, x, ranked, targets, areas).cpu()
     return [[{"area": a, "score": float(scores[i, k])} for k, a in enumerate(areas)] for i in range(x.shape[0])]
 
 

@@ -279,3 +279,27 @@ def test_report_explorer_renders_in_chromium(run_cli, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert img.shape == (1400, 1000)
     assert (img.std(axis=1) > 20).sum() > 300  # the photo, the inversion and the units' images rendered
+
+
+@pytest.mark.parametrize("method, options, arrays, columns", [
+    ("explain", ["--areas", "0.1", "0.3", "--iterations", "3"], {"masks": (2, 16, 16), "saliency": (16, 16)},
+     {"final_reward", "iterations"}),
+    ("prunegrad", ["--keep", "0.5", "--score-areas", "0.1", "0.3"], {"saliency": (16, 16)}, {"pruned_logit"}),
+    ("invert", ["--layer", "features.1", "--channels", "2,5,9", "--iterations", "2"],
+     {"inversion": (3, 16, 16), "kept": (3,)}, {"relative_error", "kept"}),
+    ("rise", ["--rise-masks", "16", "--score-areas", "0.2"], {"saliency": (16, 16)}, set()),
+])
+def test_every_method_runs_over_a_folder(run_cli, photos, tmp_path, method, options, arrays, columns):
+    code, _, err = run_cli("run", method, "--images", photos, *JOINT, "--batch-images", "3", *options,
+                           "--out", tmp_path)
+    assert code == 0, err
+    rows = read_results(tmp_path)
+    items = read_items(str(photos)).items
+    per_item = len(rows) // len(items)
+    assert len(rows) == per_item * len(items) and {r["item"] for r in rows} == {it.id for it in items}
+    assert columns <= set(rows[0]) and all(r["target"] == r["target"] for r in rows)
+    for it in items:
+        saved, _ = read_item(tmp_path, it)
+        assert {k: v.shape for k, v in saved.items()} == arrays
+    if "score" in rows[0]:
+        assert all(np.isfinite(r["score"]) for r in rows)
