@@ -316,7 +316,29 @@ def _setup_explain(p: argparse.ArgumentParser) -> None:
                         "extremal score itself; paper: the paper's method (soft masks, 800 SGD steps), several "
                         "minutes an image on a CPU, the one to cite")
     p.add_argument("--batch-images", type=int, default=4, metavar="N", help="images optimised together (default 4)")
+    p.add_argument("--search-side", type=int, metavar="N",
+                   help="fast preset: disc candidates per side of the search grid (default: about one blob radius "
+                        "apart, at least 7; fewer is faster)")
+    p.add_argument("--search-parts", type=int, metavar="K",
+                   help="fast preset: the search also tries unions of up to K blobs (default 3; 1: single blobs)")
     add_model_args(p)
+
+
+def explain_schedule(args: argparse.Namespace):
+    """The preset's schedule with --search-side / --search-parts, or None (the preset's own)."""
+    from dataclasses import replace
+
+    from .extremal import preset_schedule
+
+    given = {k: getattr(args, k, None) for k in ("search_side", "search_parts")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    if args.preset != "fast":
+        raise ChanattrError("--search-side / --search-parts set the fast preset's search; the paper preset has none")
+    if any(v < (0 if k == "search_side" else 1) for k, v in given.items()):
+        raise ChanattrError("--search-side must be at least 0 and --search-parts at least 1")
+    return replace(preset_schedule(args.preset), **given)
 
 
 @command("explain", "extremal perturbations over input pixels", _setup_explain)
@@ -332,7 +354,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         sl = slice(start, start + step)
         result = extremal_perturbation(
             lm.model, x[sl], targets[sl], args.areas, preset=args.preset, variant=args.variant,
-            perturbation=args.perturbation,
+            perturbation=args.perturbation, schedule=explain_schedule(args),
             reward=args.reward, iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False,
         )
         for i, (img, folder) in enumerate(zip(images[sl], dirs[sl])):

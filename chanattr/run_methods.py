@@ -40,10 +40,12 @@ def _map_rows(lm, x, targets, maps: torch.Tensor, areas: list[float]) -> list[li
 
 
 def explain(lm, x, targets, args: argparse.Namespace) -> list[ItemOutput]:
+    from .cli import explain_schedule
     from .pixel import extremal_perturbation
 
     result = extremal_perturbation(
         lm.model, x, targets, args.areas, preset=args.preset, variant=args.variant, perturbation=args.perturbation,
+        schedule=explain_schedule(args),
         reward=args.reward, iterations=args.iterations, seed=args.seed, progress=False)
     maps = result.saliency()
     out = []

@@ -7,15 +7,17 @@ set. A map's maximum is a hit when it lies within 15 px of the object (the union
 boxes, and, for photos with masks, the union of its mask pixels). Accuracy is the mean over
 classes of the hit rate, with a 95 % bootstrap interval (pairs resampled).
 
-    pip install -e ".[bench]"
-    python experiments/pointing_game.py                 # every method, every pair
-    python experiments/pointing_game.py --methods gradcam centre --limit 20
+Every method is a ``chanattr run`` over ``coco:DATA`` into ``--out/METHOD`` (the items, the
+targets, the hits and the scores are the run's; ``chanattr.runs``): it resumes where any
+earlier run stopped, refuses other settings or code, and shards over processes under torchrun.
+Extremal perturbation is ``chanattr run explain`` at the paper's COCO areas (0.018, 0.025,
+0.05, 0.1) with the fast preset, its items keeping their masks (for the map table); the other
+methods keep rows only. ``score``: the target logit with only the top ``--score-area`` of the
+map kept (for extremal perturbation, of its own mask at that area: the quantity it optimises).
 
-Results are cached per (image, class, method) under ``--cache``, keyed by the method's
-settings, the code version (a hash of the modules it runs) and the library versions, so an
-interrupted run resumes and a changed setting or code is never served from the cache;
-``--fresh`` recomputes. Extremal perturbation uses the paper's COCO areas
-(0.018, 0.025, 0.05, 0.1) and the toolkit's default schedule unless ``--extremal-iterations``.
+    pip install -e ".[bench]"
+    torchrun --nproc_per_node 2 experiments/pointing_game.py --threads 1      # every method, every pair
+    python experiments/pointing_game.py --methods gradcam centre --table-only
 """
 
 from __future__ import annotations
@@ -23,51 +25,61 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from chanattr import prepare_image
-from chanattr.baselines import METHODS, saliency
-from chanattr.coco import box_mask, default_coco_root, imagenet_target, read_coco, segment_mask
-from chanattr.evaluation import PointingGame, extremal_score, max_point, pointing_hit
+from chanattr.cli import build_parser, model_from_args
+from chanattr.coco import box_mask, default_coco_root
+from chanattr.distributed import barrier, process_device, processes_from_environment, start, stop
+from chanattr.errors import ChanattrError
+from chanattr.evaluation import PointingGame, extremal_score, pointing_hit
 from chanattr.extremal import Schedule, binary_masks
-from chanattr.pixel import extremal_perturbation, saliency_map
-
-from _common import add_device_args, code_version, library_versions, model_on_device, settings_key
+from chanattr.items import read_items
+from chanattr.pixel import saliency_map
+from chanattr.run_methods import method_function
+from chanattr.runs import run_items
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = default_coco_root()
 ORDER = ["extremal", "gradcam", "rise", "prunegrad", "integrated_gradients", "gradient", "gradient_x_input",
          "guided_backprop", "centre"]
+AREAS = ("0.018", "0.025", "0.05", "0.1")
 
 
-#: the modules the methods and the scoring run (their hash keys every cached result)
-CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
-        "chanattr/baselines.py", "chanattr/prunegrad.py", "chanattr/coco.py", "chanattr/images.py",
-        "chanattr/evaluation/pointing.py", "chanattr/evaluation/extremal_score.py"]
-
-
-def cache_key(method: str, args) -> str:
-    """Every setting a method's cached result depends on, the code version and the library versions."""
-    return settings_key({"method": method, "kwargs": repr(method_kwargs(method, args)), "tolerance": args.tolerance,
-                         "score_area": args.score_area, "device": str(args.device), "code": code_version(CODE),
-                         "versions": library_versions()})
-
-
-def method_kwargs(method: str, args) -> dict:
+def run_args(method: str, spec: str, args) -> argparse.Namespace:
+    """The ``chanattr run`` options of a method (what its manifest records)."""
+    argv = ["run", "explain" if method == "extremal" else method, "--images", spec, "--out", str(args.out / method),
+            "--tolerance", str(args.tolerance), "--device", args.device, "--no-progress"]
     if method == "extremal":
-        schedule = Schedule(search_side=args.extremal_search_side, search_parts=args.extremal_search_parts)
+        argv += ["--areas", *AREAS, "--search-side", str(args.extremal_search_side),
+                 "--search-parts", str(args.extremal_search_parts)]
         if args.extremal_iterations:
-            schedule = replace(schedule, iterations=args.extremal_iterations)
-        return {"areas": (0.018, 0.025, 0.05, 0.1), "schedule": schedule}
-    if method == "rise":
-        return {"masks": args.rise_masks}
-    return {}
+            argv += ["--iterations", str(args.extremal_iterations)]
+    else:
+        argv += ["--rows-only", "--score-areas", str(args.score_area)]
+        if method == "rise":
+            argv += ["--rise-masks", str(args.rise_masks)]
+    return build_parser().parse_args(argv)
+
+
+def _items(folder: Path) -> dict[str, tuple[Path, list[dict]]]:
+    """item id -> (its file, its rows), for the finished items of a run folder."""
+    out = {}
+    for p in sorted((folder / "items").glob("[!.]*.npz")):
+        with np.load(p) as data:
+            out[p.stem] = (p, json.loads(str(data["_rows"])))
+    return out
+
+
+def records(folder: Path, score_area: float) -> list[dict]:
+    """One record per finished pair: the row at ``score_area`` (the nearest area), with
+    ``point`` and ``score_area``."""
+    recs = []
+    for _, rows in _items(folder).values():
+        row = min(rows, key=lambda r: abs((r.get("area") or 0) - score_area))
+        recs.append({**row, "point": [row["point_row"], row["point_col"]], "score_area": row.get("area")})
+    return recs
 
 
 def strength_table(results: dict[str, list[dict]], methods: list[str], tolerance: float, size: int,
@@ -112,34 +124,41 @@ def disagreement(results: dict[str, list[dict]], a: str = "extremal", b: str = "
             f"{np.mean([rb_['score'] for _, rb_ in only_b]):.2f}; {a}'s off-object region keeps more in {higher} of them.")
 
 
-def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, areas: tuple,
-                       blurred_logit=None, key: str = "") -> str:
-    """Box accuracy of other maps made from the same cached extremal masks: each area's binary
-    mask alone (smoothed like the saliency), and TorchRay's benchmark map (the plain sum of the
-    soft masks), next to the toolkit's saliency (the smoothed sum of the binary masks)."""
+def extremal_map_table(folder: Path, source, size: int, tolerance: float, model=None, device="cpu") -> str:
+    """Box accuracy of other maps made from the same extremal masks (the run's item files): each
+    area's binary mask alone (smoothed like the saliency), and TorchRay's benchmark map (the
+    plain sum of the soft masks), next to the toolkit's saliency (the smoothed sum of the binary
+    masks); and the mean binary reward per area beside the logit of the wholly blurred photo."""
+    from chanattr import prepare_image
+
+    areas = tuple(float(a) for a in AREAS)
     large = [k for k, a in enumerate(areas) if a >= 0.05]
     names = ["saliency (smoothed sum of binary masks)", "sum of soft masks (TorchRay's map)"] + [
         f"area {a:g} alone (binary, smoothed)" for a in areas] + [
         "areas " + " + ".join(f"{areas[k]:g}" for k in large) + " only (smoothed sum of binary masks)"]
     games = {n: PointingGame(tolerance) for n in names}
     rewards, blurred = [], []
-    for im, c in pairs:
-        f = cache / f"{im.name}-{c.replace(' ', '_')}-extremal-{key}.npz"
-        if not f.exists():
+    by_id = {it.id: it for it in source.items}
+    for ident, (path, rows) in _items(folder).items():
+        it = by_id.get(ident)
+        if it is None:
             continue
-        d = np.load(f)
-        if "masks" not in d:
-            continue
-        masks = torch.from_numpy(d["masks"].astype(np.float32))  # K x H x W
+        with np.load(path) as d:
+            if "masks" not in d.files:
+                continue
+            masks = torch.from_numpy(d["masks"].astype(np.float32))  # K x H x W
+            sal = torch.from_numpy(d["saliency"].astype(np.float32))
         hard = binary_masks(masks[None], areas)  # 1 x K x H x W
-        box = box_mask(im, c, size)
-        maps = [torch.from_numpy(d["saliency"].astype(np.float32)), masks.sum(0)] + [
-            saliency_map(hard[:, [k]])[0] for k in range(len(areas))] + [saliency_map(hard[:, large])[0]]
+        box = box_mask(source.coco[it.image], it.coco_class, size)
+        maps = [sal, masks.sum(0)] + [saliency_map(hard[:, [k]])[0] for k in range(len(areas))] + [
+            saliency_map(hard[:, large])[0]]
         for n, m in zip(names, maps):
-            games[n].add_result(c, pointing_hit(m, box, tolerance))
-        rewards.append(d["binary_reward"])
-        if blurred_logit is not None:
-            blurred.append(blurred_logit(im, json.loads(f.with_suffix(".json").read_text())["target"]))
+            games[n].add_result(it.coco_class, pointing_hit(m, box, tolerance))
+        rewards.append([r["score"] for r in sorted(rows, key=lambda r: r["area"])])
+        if model is not None:  # the extremal score of a mask that keeps nothing
+            x = prepare_image(it.source, PRE).input[None].to(device)
+            blurred.append(float(extremal_score(model, x, torch.zeros(1, 1, size, size, device=device),
+                                                rows[0]["target"], 0.0)[0, 0]))
     if not rewards:
         return ""
     lines = ["", f"| extremal perturbation: map from its masks ({len(rewards)} pairs) | boxes: accuracy % (95 % CI) |",
@@ -154,11 +173,14 @@ def extremal_map_table(cache: Path, pairs: list, size: int, tolerance: float, ar
     return "\n".join(lines)
 
 
+PRE = None  # the model's preprocessing, set in main
+
+
 def main(argv: list[str] | None = None) -> int:
+    global PRE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder laid out like coco128")
-    ap.add_argument("--methods", nargs="+", default=ORDER, choices=sorted(METHODS))
-    ap.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    ap.add_argument("--data", type=Path, default=default_coco_root(), help="a folder laid out like coco128")
+    ap.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
     ap.add_argument("--tolerance", type=float, default=15.0, help="pixels, at the model's input size")
     ap.add_argument("--extremal-iterations", type=int, default=None)
     ap.add_argument("--extremal-search-side", type=int, default=0,
@@ -169,86 +191,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-area", type=float, default=0.05,
                     help="also record each map's extremal score at this area (the target logit with only "
                          "the map's top pixels kept): does the map find what the model uses?")
-    add_device_args(ap)
-    ap.add_argument("--cache", type=Path, default=HERE / "results" / "pointing_game")
-    ap.add_argument("--fresh", action="store_true")
-    ap.add_argument("--cached-only", action="store_true",
-                    help="compute nothing: report the pairs that every method has cached (say how many)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--reverse", action="store_true",
-                    help="work through the photos last first (a second process can share the cache)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "pointing_game",
+                    help="the runs' folders (one per method; not committed: the extremal items keep their masks)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--table-only", action="store_true", help="compute nothing: tables over the finished pairs")
     args = ap.parse_args(argv)
-    lm, model = model_on_device(args)
-    device = torch.device(args.device)
+    spec = f"coco:{args.data}"
+    procs = processes_from_environment()
+    args.device = process_device(args.device, procs)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = model_from_args(run_args("centre", spec, args))
+    PRE = lm.preprocessing
     size = lm.preprocessing.input_size
-    data = read_coco(args.data)
-    pairs = [(im, c) for im, c in data.pairs() if box_mask(im, c, size).any()]
-    skipped = len(data.pairs()) - len(pairs)
-    if args.limit:
-        pairs = pairs[: args.limit]
-    cache = args.cache / data.root.name
-    cache.mkdir(parents=True, exist_ok=True)
-    keys = {m: cache_key(m, args) for m in args.methods}  # results of other settings or code are not used
-
-    # group pairs by image so that one image's classes share a batch (and RISE's forward passes)
-    by_image: dict[str, list[str]] = {}
-    for im, c in pairs:
-        by_image.setdefault(im.name, []).append(c)
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    bar = tqdm(total=len(pairs) * len(args.methods), disable=args.quiet or None, desc="pointing game")
-    for name, classes in (reversed(by_image.items()) if args.reverse else by_image.items()):
-        im = data[name]
-        x = truth = None
-        for method in args.methods:
-            paths = [cache / f"{name}-{c.replace(' ', '_')}-{method}-{keys[method]}.json" for c in classes]
-            if args.cached_only or (all(p.exists() for p in paths) and not args.fresh):
-                results[method] += [json.loads(p.read_text()) if p.exists() else None for p in paths]
-                bar.update(len(classes))
-                continue
-            if x is None:
-                x = prepare_image(im.path, lm.preprocessing).input[None].to(device)
-                with torch.no_grad():
-                    logits = model(x)[0].cpu()
-                targets = [imagenet_target(logits, c) for c in classes]
-                probs = logits.softmax(0)
-                truth = [(box_mask(im, c, size), segment_mask(im, c, data.mask_classes, size)) for c in classes]
-            start = time.perf_counter()
-            xs = x.expand(len(classes), -1, -1, -1)
-            extra = [{} for _ in classes]
-            if method == "extremal":  # keep the masks too: which area (and which sum of them) points best?
-                result = extremal_perturbation(model, xs, targets, progress=False, **method_kwargs(method, args))
-                maps = result.saliency().cpu()
-                for e, m, rw in zip(extra, result.masks.cpu(), result.binary_reward):
-                    e["masks"] = m.numpy().astype(np.float16)
-                    e["binary_reward"] = rw.numpy()
-            else:
-                maps = saliency(method, model, xs, targets, **method_kwargs(method, args))
-            seconds = (time.perf_counter() - start) / len(classes)
-            kept = extremal_score(model, xs, maps[:, None].to(device), targets, args.score_area)[:, 0]
-            for c, t, m, p, (box, seg), score, e in zip(classes, targets, maps, paths, truth, kept, extra):
-                rec = {
-                    "image": name, "class": c, "target": t, "method": method, "seconds": seconds,
-                    "settings": repr(method_kwargs(method, args)),
-                    "point": list(max_point(m)),
-                    "hit_box": pointing_hit(m, box, args.tolerance),
-                    "hit_mask": None if seg is None or not seg.any() else pointing_hit(m, seg, args.tolerance),
-                    "target_prob": float(probs[t]), "target_rank": int((logits > logits[t]).sum()),
-                    "full_logit": float(logits[t]), "score_area": args.score_area, "score": float(score),
-                }
-                p.write_text(json.dumps(rec))
-                np.savez_compressed(p.with_suffix(".npz"), saliency=m.numpy().astype(np.float16), **e)  # for other metrics
-                results[method].append(rec)
-            bar.update(len(classes))
-    bar.close()
-    if args.cached_only:  # the pairs every method has
-        complete = [all(results[m][i] is not None for m in args.methods) for i in range(len(pairs))]
-        results = {m: [r for r, ok in zip(results[m], complete) if ok] for m in args.methods}
-        print(f"cached only: {sum(complete)} of {len(pairs)} pairs have every method's result", file=sys.stderr)
-        pairs = [p for p, ok in zip(pairs, complete) if ok]
-
+    source = read_items(spec, input_size=size)
+    if not args.table_only:
+        start(procs, args.device)
+        try:
+            for method in args.methods:
+                ra = run_args(method, spec, args)
+                run_items(ra.method, method_function(ra.method), ra, lm, source, args.out / method, procs,
+                          device=args.device, batch_size=ra.batch_images, progress=procs.main,
+                          tolerance=args.tolerance)
+                barrier(procs)
+        except ChanattrError as e:
+            raise SystemExit(f"pointing_game: {e}")
+        finally:
+            stop(procs)
+        if not procs.main:
+            return 0
+    results = {m: records(args.out / m, args.score_area) for m in args.methods if (args.out / m / "items").is_dir()}
+    common = set.intersection(*({r["item"] for r in rs} for rs in results.values())) if results else set()
+    results = {m: [r for r in rs if r["item"] in common] for m, rs in results.items()}
+    methods = [m for m in args.methods if m in results]
     lines = ["| method | boxes: accuracy % (95 % CI) | masks: accuracy % (95 % CI) | pairs (boxes / masks) | "
              f"classes | s / pair | target logit, top {100 * args.score_area:g} % kept |", "|---|---|---|---|---|---|---|"]
-    for method in args.methods:
+    for method in methods:
         recs = results[method]
         if not recs:
             continue
@@ -259,27 +238,22 @@ def main(argv: list[str] | None = None) -> int:
                 mask.add_result(r["class"], r["hit_mask"])
         cells = []
         for game in (box, mask):
-            lo, hi = game.interval()
-            cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
+            if len(game):
+                lo, hi = game.interval()
+                cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
+            else:
+                cells.append("-")
         secs = sum(r["seconds"] for r in recs) / len(recs)
-        scores = [r["score"] for r in recs if "score" in r]
-        kept = f"{np.mean(scores):.2f}" if scores else "-"
         lines.append(f"| {method} | {cells[0]} | {cells[1]} | {len(box)} / {len(mask)} | {len(box.per_class())} | "
-                     f"{secs:.2f} | {kept} |")
+                     f"{secs:.2f} | {np.mean([r['score'] for r in recs]):.2f} |")
     print("\n".join(lines))
-    print(strength_table(results, args.methods, args.tolerance, size))
+    print(strength_table(results, methods, args.tolerance, size))
     print(disagreement(results))
-    if "extremal" in args.methods:
-        def blurred_logit(im, target: int) -> float:  # the extremal score of a mask that keeps nothing
-            x = prepare_image(im.path, lm.preprocessing).input[None].to(device)
-            return float(extremal_score(model, x, torch.zeros(1, 1, size, size), target, 0.0)[0, 0])
-
-        print(extremal_map_table(cache, pairs, size, args.tolerance, method_kwargs("extremal", args)["areas"],
-                                 blurred_logit, keys["extremal"]))
-    print(f"\n{args.data.name}: {len(pairs)} (image, class) pairs scored, {len({im.name for im, _ in pairs})} photos, "
-          f"{len({c for _, c in pairs})} classes; {skipped} mapped pairs left out because the object lies outside "
-          f"the centre crop; tolerance {args.tolerance:g} px at {size} px; device {device}, "
-          f"{torch.get_num_threads()} thread(s).")
+    if "extremal" in methods:
+        print(extremal_map_table(args.out / "extremal", source, size, args.tolerance, lm.model, lm.device))
+    print(f"\n{args.data.name}: {len(common)} of {len(source.items)} (image, class) pairs finished by every method, "
+          f"{len({r['image'] for r in next(iter(results.values()), [])})} photos; tolerance {args.tolerance:g} px "
+          f"at {size} px; {torch.get_num_threads()} thread(s).")
     return 0
 
 
