@@ -282,7 +282,8 @@ def test_report_explorer_renders_in_chromium(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("method, options, arrays, columns", [
-    ("explain", ["--areas", "0.1", "0.3", "--iterations", "3"], {"masks": (2, 16, 16), "saliency": (16, 16)},
+    ("explain", ["--areas", "0.1", "0.3", "--iterations", "3", "--search-side", "5", "--search-parts", "1"],
+     {"masks": (2, 16, 16), "saliency": (16, 16)},
      {"final_reward", "iterations"}),
     ("prunegrad", ["--keep", "0.5", "--score-areas", "0.1", "0.3"], {"saliency": (16, 16)}, {"pruned_logit"}),
     ("invert", ["--layer", "features.1", "--channels", "2,5,9", "--iterations", "2"],
@@ -303,3 +304,8 @@ def test_every_method_runs_over_a_folder(run_cli, photos, tmp_path, method, opti
         assert {k: v.shape for k, v in saved.items()} == arrays
     if "score" in rows[0]:
         assert all(np.isfinite(r["score"]) for r in rows)
+
+
+def test_search_options_go_with_the_fast_preset(run_cli, tmp_path):
+    code, _, err = run_cli("explain", "chelsea", *JOINT, "--preset", "paper", "--search-side", "5", "--out", tmp_path)
+    assert code == 2 and "paper preset has none" in err
