@@ -179,7 +179,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _setup_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", metavar="DIR", help="a folder written by `chanattr channels` (one image) or `chanattr demo`")
+    p.add_argument("folder", metavar="DIR",
+                   help="a folder written by `chanattr channels` (one image), `chanattr demo` or `chanattr run channels`")
     p.add_argument("--top-classes", type=int, default=3, metavar="N", help="classes to explore, the model's top N "
                    "(the folder's own target first; default 3)")
     p.add_argument("--units", type=int, default=8, metavar="N", help="salient units shown per class (default 8)")
@@ -189,7 +190,8 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
                    help="feature visualisation steps per unit, 0 for none (default 64)")
     p.add_argument("--invert-iterations", type=int, default=100, metavar="N",
                    help="inversion steps for each class's salient set, 0 for none (default 100)")
-    p.add_argument("--out", metavar="FILE", help="the page (default DIR/explorer.html)")
+    p.add_argument("--item", metavar="ID", help="with a `chanattr run channels` folder: which item (default the first)")
+    p.add_argument("--out", metavar="FILE", help="the page (default DIR/explorer.html, or DIR/explorer-ID.html for a run)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier page")
     add_model_args(p)
 
@@ -198,15 +200,12 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .explorer import build_report
 
-    out = Path(args.out) if args.out else Path(args.folder) / "explorer.html"
-    if out.exists() and not args.overwrite:
-        raise ChanattrError(f"{out} already exists: pass --overwrite to replace it, or give another --out")
     for name in ("top_classes", "units"):
         if getattr(args, name) < 1:
             raise ChanattrError(f"--{name.replace('_', '-')} must be at least 1")
     lm = model_from_args(args)
     path = build_report(args.folder, lm, top_classes=args.top_classes, units=args.units, iterations=args.iterations,
                         vis_iterations=args.vis_iterations, invert_iterations=args.invert_iterations, seed=args.seed,
-                        out=out)
+                        out=args.out, item=args.item, overwrite=args.overwrite)
     print(f"explorer: {path.resolve()}")
     return 0

@@ -195,18 +195,13 @@ def render_explorer(title: str, photo_png: bytes, layer: str, unit: str, views: 
     return "\n".join(out)
 
 
-def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8, iterations: int = 100,
-                 vis_iterations: int = 64, invert_iterations: int = 100, seed: int = 0,
-                 out: str | Path | None = None) -> Path:
-    """``explorer.html`` for a folder written by ``chanattr channels`` (one image) or by the demo
-    (its ``channels/`` folder). Returns the page's path (``out``, default ``folder/explorer.html``)."""
+def _from_channels_folder(folder: Path, lm) -> tuple[torch.Tensor, dict, str, str]:
+    """(input, saved result, baseline, what) of a ``chanattr channels`` folder (one image)."""
+    import json
+
     from .outputs import check_provenance, read_channel_result
 
-    folder = Path(folder)
     source = folder / "channels" if (folder / "channels" / "channels.npz").is_file() else folder
-    if not (source / "channels.npz").is_file():
-        raise ChanattrError(f"{folder} holds no channels.npz: give a folder written by `chanattr channels` (one image) "
-                            f"or `chanattr demo`")
     with np.load(source / "channels.npz") as data:
         if "input" not in data.files:
             raise ChanattrError(f"{source} holds no input image (a class mask or a prunegrad folder): give a folder "
@@ -215,14 +210,72 @@ def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8
         target = int(data["target"])
     check_provenance(source, lm, x)
     found = read_channel_result(source, unit=None)
+    summary = source / "summary.json"
+    baseline = json.loads(summary.read_text()).get("baseline", "zero") if summary.is_file() else "zero"
+    return x, {**found, "target": target}, baseline, str(source)
+
+
+def _from_run(folder: Path, lm, item: str | None) -> tuple[torch.Tensor, dict, str, str]:
+    """(input, saved result, baseline, what) of one item of a ``chanattr run channels`` folder."""
     import json
 
-    baseline = json.loads((source / "summary.json").read_text()).get("baseline", "zero") if (
-        source / "summary.json").is_file() else "zero"
+    from .images import prepare_image
+    from .items import Item
+    from .runs import item_path, read_item
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest["method"] not in ("channels", "class-channels"):
+        raise ChanattrError(f"{folder} is a `chanattr run {manifest['method']}` folder: the explorer needs unit masks "
+                            f"(chanattr run channels or class-channels)")
+    if manifest["model"]["fingerprint"] != lm.fingerprint():
+        raise ChanattrError(f"{folder} was made with another network ({manifest['model']['name']}): give the same "
+                            f"--model/--weights/--random-weights/--seed")
+    ids = manifest["items"]
+    ident = item if item is not None else ids[0]
+    if ident not in ids:
+        raise ChanattrError(f"{folder} has no item {ident!r}: give one of its items (e.g. {ids[0]})")
+    it = Item(ident, "", "")
+    if not item_path(folder, it).is_file():
+        raise ChanattrError(f"item {ident!r} of {folder} is unfinished: run the same command again to finish it")
+    arrays, rows = read_item(folder, it)
+    if "masks" not in arrays:
+        raise ChanattrError(f"{folder} was run with --rows-only: the explorer needs the items' masks")
+    settings = manifest["settings"]
+    x = prepare_image(rows[0]["source"], lm.preprocessing).input[None].to(lm.device)
+    saved = {"masks": arrays["masks"], "areas": np.array([r["area"] for r in rows]), "layer": settings["layer"],
+             "unit": rows[0]["unit"], "layout": settings.get("layout") or "", "target": int(rows[0]["target"])}
+    return x, saved, settings.get("baseline", "zero"), f"{folder}, item {ident}"
+
+
+def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8, iterations: int = 100,
+                 vis_iterations: int = 64, invert_iterations: int = 100, seed: int = 0,
+                 out: str | Path | None = None, item: str | None = None, overwrite: bool = False) -> Path:
+    """``explorer.html`` for a folder written by ``chanattr channels`` (one image), by the demo
+    (its ``channels/`` folder) or by ``chanattr run channels`` (one of its items: ``item``, default
+    the first). Returns the page's path (``out``, default ``folder/explorer.html``, or
+    ``folder/explorer-ITEM.html`` for a run); an existing page is replaced only with ``overwrite``."""
+    folder = Path(folder)
+    run = (folder / "manifest.json").is_file()
+    if run and item is None:
+        import json
+
+        item = json.loads((folder / "manifest.json").read_text())["items"][0]
+    path = Path(out) if out is not None else folder / (f"explorer-{item}.html" if run else "explorer.html")
+    if path.exists() and not overwrite:
+        raise ChanattrError(f"{path} already exists: pass --overwrite to replace it, or give another --out")
+    if run:
+        x, found, baseline, what = _from_run(folder, lm, item)
+    elif (folder / "channels.npz").is_file() or (folder / "channels" / "channels.npz").is_file():
+        if item is not None:
+            raise ChanattrError("--item goes with a `chanattr run` folder")
+        x, found, baseline, what = _from_channels_folder(folder, lm)
+    else:
+        raise ChanattrError(f"{folder} holds no channels.npz or run: give a folder written by `chanattr channels`, "
+                            f"`chanattr demo` or `chanattr run channels`")
     if baseline not in ("zero", "mean"):
-        raise ChanattrError(f"{source} was made with a {baseline} baseline the explorer cannot rebuild: rerun "
-                            f"`chanattr channels` with --baseline zero or mean")
-    saved = {**found, "target": target}
+        raise ChanattrError(f"{what} was made with a {baseline} baseline the explorer cannot rebuild: rerun with "
+                            f"--baseline zero or mean")
+    saved = found
     views = explore(lm, x, found["layer"], saved=saved, top_classes=top_classes, units=units, unit=found["unit"],
                     layout=found["layout"] if found["layout"] != "" else None, baseline=baseline, iterations=iterations,
                     vis_iterations=vis_iterations, invert_iterations=invert_iterations, seed=seed)
@@ -231,6 +284,5 @@ def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8
     page = render_explorer(f"chanattr explorer: {found['layer']}", _png(rgb), found["layer"], found["unit"], views,
                            meta=f"model {lm.name}; {len(views)} classes; feature visualisations {vis_iterations} "
                                 f"steps, inversions {invert_iterations} steps")
-    path = Path(out) if out is not None else folder / "explorer.html"
     path.write_text(page, encoding="utf-8")
     return path

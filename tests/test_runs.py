@@ -309,3 +309,16 @@ def test_every_method_runs_over_a_folder(run_cli, photos, tmp_path, method, opti
 def test_search_options_go_with_the_fast_preset(run_cli, tmp_path):
     code, _, err = run_cli("explain", "chelsea", *JOINT, "--preset", "paper", "--search-side", "5", "--out", tmp_path)
     assert code == 2 and "paper preset has none" in err
+
+
+def test_report_explorer_of_a_run_item(run_cli, photos, tmp_path):
+    args = ["--images", photos, "--layer", "features.1", "--areas", "0.2", "--iterations", "5", *JOINT]
+    assert run_cli("run", "channels", *args, "--out", tmp_path / "run")[0] == 0
+    code, out, err = run_cli("report", tmp_path / "run", *JOINT[:4], "--item", "coffee", "--vis-iterations", "0",
+                             "--invert-iterations", "0", "--iterations", "5", "--units", "2")
+    assert code == 0, err
+    page = (tmp_path / "run" / "explorer-coffee.html").read_text()
+    kept = next(r["kept"] for r in read_results(tmp_path / "run") if r["item"] == "coffee")
+    assert f"<tr><td>{kept[0]}</td><td>" in page or f"<tr><td>{kept[1]}</td><td>" in page
+    code, _, err = run_cli("report", tmp_path / "run", *JOINT[:4], "--item", "nope")
+    assert code == 2 and "no item 'nope'" in err
