@@ -72,7 +72,6 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
     from inversion import InversionSettings, invert, visualize_channels
     from inversion.invert import channel_mask
 
-    from .hooks import capture
     from .units.space import UnitSpace, unit_extremal_perturbation
 
     if x.dim() != 4 or x.shape[0] != 1:
@@ -90,11 +89,7 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
     rgb = (x[0].detach().cpu() * torch.tensor(lm.preprocessing.std)[:, None, None]
            + torch.tensor(lm.preprocessing.mean)[:, None, None]).clamp(0, 1)
     rgb = rgb.expand(3, -1, -1).permute(1, 2, 0).numpy()
-    activation = None
-    if space.layout == "nchw":
-        with capture(lm.model, layer) as acts, torch.no_grad():
-            lm.model(x)
-        activation = acts[layer][0].detach().float().cpu()  # C x h x w
+    activation = unit_maps(lm.model, x, layer, space)  # U x h x w, or None
     views = []
     for c in classes:
         if saved is not None and c == int(saved["target"]):
@@ -133,6 +128,32 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
             view.inversion_png = _png(inv.images[0].permute(1, 2, 0).cpu().numpy())
         views.append(view)
     return views
+
+
+def unit_maps(model, x: torch.Tensor, layer: str, space) -> torch.Tensor | None:
+    """Each unit's activation over the image, U x h x w: a channels-first map's channels, a
+    channels-last map's channels, or a token sequence's hidden units over the patch tokens laid
+    out on their grid (prefix tokens dropped); None for heads, tokens, or a sequence whose patch
+    count is not a square."""
+    import math
+
+    from .hooks import capture
+    from .units import prefix_tokens_at
+
+    if space.unit not in ("channels", "hidden"):
+        return None
+    with capture(model, layer) as acts, torch.no_grad():
+        model(x)
+    a = acts[layer][0].detach().float().cpu()
+    if space.layout == "nchw":
+        return a
+    if space.layout == "nhwc":
+        return a.permute(2, 0, 1)
+    patches = a[prefix_tokens_at(model, a.shape[0]):]  # T' x C
+    side = math.isqrt(patches.shape[0])
+    if side * side != patches.shape[0]:
+        return None
+    return patches.T.reshape(-1, side, side)
 
 
 CSS = """

@@ -322,3 +322,14 @@ def test_report_explorer_of_a_run_item(run_cli, photos, tmp_path):
     assert f"<tr><td>{kept[0]}</td><td>" in page or f"<tr><td>{kept[1]}</td><td>" in page
     code, _, err = run_cli("report", tmp_path / "run", *JOINT[:4], "--item", "nope")
     assert code == 2 and "no item 'nope'" in err
+
+
+def test_report_explorer_of_a_transformers_hidden_units(run_cli, tmp_path):
+    vit = ["--model", f"{HERE / 'models_gt.py'}:PlantedViT", "--input-size", "16", "--no-progress"]
+    assert run_cli("channels", "chelsea", *vit, "--layer", "blocks.0", "--unit", "hidden", "--areas", "0.2",
+                   "--iterations", "5", "--target", "0", "--out", tmp_path / "h")[0] == 0
+    code, _, err = run_cli("report", tmp_path / "h", *vit[:4], "--vis-iterations", "0", "--invert-iterations", "0",
+                           "--iterations", "5", "--units", "3", "--top-classes", "1")
+    assert code == 0, err
+    page = (tmp_path / "h" / "explorer.html").read_text()
+    assert page.count('alt="activation ') == 3  # hidden units over the 4 x 4 patch grid
