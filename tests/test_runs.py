@@ -333,3 +333,26 @@ def test_report_explorer_of_a_transformers_hidden_units(run_cli, tmp_path):
     assert code == 0, err
     page = (tmp_path / "h" / "explorer.html").read_text()
     assert page.count('alt="activation ') == 3  # hidden units over the 4 x 4 patch grid
+
+
+def test_ranks_and_devices_come_from_torchruns_environment(monkeypatch):
+    from chanattr.distributed import Processes, process_device, processes_from_environment
+    from chanattr.errors import ChanattrError
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert processes_from_environment() == Processes(0, 1, 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    procs = processes_from_environment()
+    assert procs == Processes(3, 4, 1) and procs.distributed and not procs.main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_device("auto", procs) == "cuda:1" and process_device("cuda", procs) == "cuda:1"
+    assert process_device("cpu", procs) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device("auto", procs) == "cpu"
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ChanattrError, match="outside"):
+        processes_from_environment()
