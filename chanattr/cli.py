@@ -434,7 +434,7 @@ def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
          _setup_prunegrad)
 def cmd_prunegrad(args: argparse.Namespace) -> int:
     from .outputs import write_prunegrad
-    from .prunegrad import prunegrad
+    from .prunegrad import kept_unit_scores, prunegrad
 
     if not 0 < args.keep <= 1:
         raise ChanattrError(f"--keep {args.keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")
@@ -445,7 +445,8 @@ def cmd_prunegrad(args: argparse.Namespace) -> int:
     plain = prunegrad(lm.model, x, targets, keep=1.0, granularity=args.granularity, layers=args.layers,
                       layer_types=args.layer_types).saliency
     for i, (img, folder) in enumerate(zip(images, dirs)):
-        summary = write_prunegrad(folder, lm, img, x[i], result, i, plain[i])
+        summary = write_prunegrad(folder, lm, img, x[i], result, i, plain[i],
+                                  units=kept_unit_scores(lm.model, x[i], result, i))
         ch = summary["channel_attribution"]
         extra = f", {len(ch['channels'])} {ch['unit']} kept at {ch['layer']}" if ch else ""
         print(f"{img.name}: target {int(targets[i])} ({lm.class_name(int(targets[i]))}), "

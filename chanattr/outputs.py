@@ -356,13 +356,14 @@ def write_visualisation(folder: Path, lm, layer: str, channels: list[int], label
     return {"channels": channels, "unit": unit, "seconds": v.seconds}
 
 
-def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int, plain: torch.Tensor) -> dict:
-    """``saliency.npz``, ``channels.npz`` (the last hooked layer's kept channels, readable by
-    ``chanattr invert --from``), ``summary.json`` and ``prunegrad.png`` for one image.
-    ``plain``: the plain input-gradient map of the same image (H x W), for the figure."""
+def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int, plain: torch.Tensor,
+                    units: dict | None = None) -> dict:
+    """``saliency.npz``, ``channels.npz`` (the kept units of ``units``, readable by ``chanattr
+    invert --from``), ``summary.json`` and ``prunegrad.png`` for one image. ``plain``: the plain
+    input-gradient map of the same image (H x W), for the figure; ``units``:
+    ``chanattr.prunegrad.kept_unit_scores`` of the image (None: no channel attribution). Only writes."""
     import matplotlib.pyplot as plt
 
-    from .units.space import UnitSpace, channel_curve
     from .plotting import plot_saliency_maps
 
     target = int(result.targets[index])
@@ -385,27 +386,17 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
         "pruned_layers": result.info["layers"],
         "kept_fraction_per_layer": {s: float(f[index]) for s, f in result.kept_fraction.items()},
         "kept_channels": {s: {"kept": counts[s], "of": totals[s]} for s in sites},
+        "channel_attribution": None,  # every pruned module runs several times: no single output
     }
-    # the kept channels of the last hooked layer that runs once (one output to invert), as a
-    # channel attribution
-    single = [s for s in sites if "#" not in s]
-    site = single[-1] if single else None
-    layer = site
-    if site is not None:
-        values = result.kept[site][index]  # fraction of each channel's neurons kept
-        ranking = torch.argsort(-values, stable=True)
-        with torch.no_grad():
-            # channels, a token layer's hidden units, or an attention module's heads
-            space = UnitSpace(lm.model, x[None], layer, unit="heads" if result.info["granularity"] == "heads" else "auto")
-            curve = channel_curve(space, ranking, target)
-        fraction = max(counts[site], 1) / totals[site]
+    if units is not None:
+        site, values = units["site"], units["values"]
+        fraction = max(units["count"], 1) / totals[site]
         write_npz(folder / "channels.npz", masks=values[None], areas=np.array([fraction], dtype=np.float32),
-                  input=x, target=np.int64(target), layer=np.array(layer), unit=np.array(space.unit),
-                  layout=np.array(space.layout))
-        summary["channel_attribution"] = {"layer": layer, "unit": space.unit, "channels": ranking[: counts[site]].tolist(),
-                                          "channel_curve": curve.to_dict(0), "path": space.path}
-    else:
-        summary["channel_attribution"] = None  # every pruned module runs several times: no single output
+                  input=x, target=np.int64(target), layer=np.array(site), unit=np.array(units["unit"]),
+                  layout=np.array(units["layout"]))
+        summary["channel_attribution"] = {"layer": site, "unit": units["unit"],
+                                          "channels": units["ranking"][: units["count"]].tolist(),
+                                          "channel_curve": units["curve"], "path": units["path"]}
     write_json(folder / "summary.json", summary)
     fig = plot_saliency_maps(image.rgb, [plain.cpu().numpy(), result.saliency[index].cpu().numpy()],
                              ["gradient", f"PruneGrad (keep {result.info['keep']:g})"],
