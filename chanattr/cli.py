@@ -434,7 +434,8 @@ def _setup_prunegrad(p: argparse.ArgumentParser) -> None:
          _setup_prunegrad)
 def cmd_prunegrad(args: argparse.Namespace) -> int:
     from .outputs import write_prunegrad
-    from .prunegrad import kept_unit_scores, prunegrad
+    from .prunegrad import prunegrad
+    from .prunegrad_units import kept_unit_scores
 
     if not 0 < args.keep <= 1:
         raise ChanattrError(f"--keep {args.keep} is outside (0, 1]: give the fraction of neurons to keep, e.g. 0.15")

@@ -361,7 +361,7 @@ def write_prunegrad(folder: Path, lm, image, x: torch.Tensor, result, index: int
     """``saliency.npz``, ``channels.npz`` (the kept units of ``units``, readable by ``chanattr
     invert --from``), ``summary.json`` and ``prunegrad.png`` for one image. ``plain``: the plain
     input-gradient map of the same image (H x W), for the figure; ``units``:
-    ``chanattr.prunegrad.kept_unit_scores`` of the image (None: no channel attribution). Only writes."""
+    ``chanattr.prunegrad_units.kept_unit_scores`` of the image (None: no channel attribution). Only writes."""
     import matplotlib.pyplot as plt
 
     from .plotting import plot_saliency_maps

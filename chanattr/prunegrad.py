@@ -89,29 +89,6 @@ class PruneGradResult:
         return site, self.kept[site]
 
 
-@torch.no_grad()
-def kept_unit_scores(model: nn.Module, x: torch.Tensor, result: PruneGradResult, index: int) -> dict | None:
-    """The kept units of the last pruned site that runs once, as a unit attribution of image
-    ``index`` (``x``: its 3 x H x W input): ``site``, ``unit`` (channels, a token layer's hidden
-    units, or heads), ``layout``, ``values`` (U: the fraction of each unit's neurons kept),
-    ``ranking`` (units by value, best first), ``count`` (units with a neuron kept), ``curve``
-    (``ChannelCurve.to_dict``: the target logit with the top k of the ranking kept / removed) and
-    ``path``. None when every pruned module runs several times (no single output to read)."""
-    from .units.space import UnitSpace, channel_curve
-
-    single = [site for site in result.kept if "#" not in site]
-    if not single:
-        return None
-    site = single[-1]
-    values = result.kept[site][index]
-    ranking = torch.argsort(-values, stable=True)
-    target = int(result.targets[index])
-    space = UnitSpace(model, x[None], site, unit="heads" if result.info["granularity"] == "heads" else "auto")
-    return {"site": site, "unit": space.unit, "layout": space.layout, "values": values, "ranking": ranking,
-            "count": int((values > 0).sum()), "curve": channel_curve(space, ranking, target).to_dict(0),
-            "path": space.path}
-
-
 def _feature_dim(model: nn.Module, name: str, a: torch.Tensor) -> int:
     """The dimension of ``a`` (the output of layer ``name``) that holds channels or hidden units:
     1 for channels-first maps, the last for token sequences and channels-last maps
