@@ -29,7 +29,7 @@ def tiny_model(name: str):
     return {name: (model, sites) for name, model, sites in [
         ("timm vit", vit, [("blocks.1", "hidden", "ntc", 32), ("blocks.1", "tokens", "ntc", 16),
                            ("blocks.1.attn", "heads", "ntc", 4), ("blocks.0.mlp.act", "hidden", "ntc", 128)]),
-        ("timm swin", swin, [("layers.1", "hidden", "nhwc", 32)]),
+        ("timm swin", swin, [("layers.1", "hidden", "nhwc", 32), ("layers.0.blocks.0.attn", "heads", "ntc", 2)]),
         ("timm convnext", convnext, [("stages.1", "channels", "nchw", 16)]),
         ("torchvision vit", tv_vit, [("encoder.layers.encoder_layer_1", "hidden", "ntc", 32),
                                      ("encoder.layers.encoder_layer_1", "tokens", "ntc", 16),
@@ -63,3 +63,38 @@ def test_every_method_runs_with_the_right_shapes(name):
                  settings=InversionSettings(param="pixel", iterations=2), progress=False)
     assert inv.images.shape == (1, 3, 32, 32)
     assert model_state(model) == before
+
+
+def test_swin_heads_are_masked_in_every_window_of_their_image():
+    """Windowed attention folds each image's windows into the batch (4 windows of 4 x 4 tokens
+    here); a head's mask value applies to that head in all of its image's windows, and only there."""
+    from chanattr import UnitSpace, edit
+
+    model, _ = tiny_model("timm swin")
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    space = UnitSpace(model, x, "layers.0.blocks.0.attn", unit="heads")
+    assert space.num_units == 2 and space.fold == 4 and space.info()["site"] == "layers.0.blocks.0.attn.proj"
+    idx = torch.arange(2)
+    with torch.no_grad():
+        assert torch.allclose(space.logits(torch.ones(2, 2), idx), model(x), atol=1e-5)
+        keep = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # image 1 loses head 1 (features 8-15)
+
+        def drop(a):
+            a = a.clone()
+            a[4:, :, 8:] = 0  # rows 4-7: image 1's windows
+            return a
+
+        with edit(model, {"layers.0.blocks.0.attn.proj": drop}, port="input"):
+            expected = model(x)
+        got = space.logits(keep, idx)
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.allclose(got[1], model(x)[1], atol=1e-4)
+    assert torch.allclose(got[0], model(x)[0], atol=1e-5)
+
+
+def test_torchvision_swin_heads_are_refused_with_a_reason():
+    from chanattr import ChanattrError, UnitSpace
+
+    model, _ = tiny_model("torchvision swin")
+    with pytest.raises(ChanattrError, match="never runs as a module"):
+        UnitSpace(model.eval(), torch.randn(1, 3, 32, 32), "features.1.0.attn", unit="heads")

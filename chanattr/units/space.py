@@ -94,9 +94,19 @@ class UnitSpace:
             else:
                 with LayerHooks(model, site.name, detach=True, port=site.port) as hooks:
                     model(images)
-                self.activation, self.others = hooks[site.name], ()
-        if self.activation.shape[0] != self.num_images:
-            raise ChanattrError(f"{site.name!r} sees {self.activation.shape[0]} rows for {self.num_images} images "
+                try:
+                    self.activation, self.others = hooks[site.name], ()
+                except KeyError:
+                    raise ChanattrError(
+                        f"{site.name!r} never runs as a module in the forward pass (the model calls its weights "
+                        f"directly, as torchvision's Swin attention does), so its {self.kind.name} cannot be "
+                        f"reached there: use --unit hidden, or another layer") from None
+        rows = self.activation.shape[0]
+        #: rows of the layer's tensor per image: windowed attention (Swin) folds each image's windows into
+        #: the batch, image-major (timm's window_partition); heads are masked alike in all of an image's windows
+        self.fold = rows // self.num_images if rows % self.num_images == 0 else 0
+        if self.fold != 1 and not (self.fold > 1 and self.kind.name == "heads"):
+            raise ChanattrError(f"{site.name!r} sees {rows} rows for {self.num_images} images "
                                 f"(windows or heads folded into the batch): pick another layer or unit")
         layout = detect_layout(model, get_layer(model, site.name), self.activation, layout, site.name)
         if auto and layout != "nchw":
@@ -142,11 +152,18 @@ class UnitSpace:
             if not dims:
                 raise ChanattrError("baseline 'mean' needs positions (pixels or tokens) to average over; this layer "
                                     "returns N x C vectors: use zero or a tensor")
+            if self.fold > 1:  # over every token of every window of the image
+                per_image = a.reshape(self.num_images, -1, a.shape[-1]).mean(1)
+                return per_image.repeat_interleave(self.fold, 0)[:, None]
             return a.mean(dim=dims, keepdim=True)
         raise ChanattrError(f"unknown baseline {baseline!r}: use {', '.join(BASELINES)}, or give a tensor")
 
     def _mix(self, activation: torch.Tensor, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         k = self.kind.expand(keep).to(activation.dtype)
+        if self.fold > 1:  # one row per window: each image's mask on all its windows
+            k = k.repeat_interleave(self.fold, 0)
+            image_index = (image_index[:, None] * self.fold + torch.arange(self.fold, device=image_index.device)
+                           ).flatten()
         b = self.baseline[image_index] if self.baseline.shape[0] > 1 else self.baseline
         return k * activation + (1 - k) * b
 
