@@ -101,7 +101,7 @@ def test_killed_run_resumes_without_losing_or_repeating(run_cli, photos, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "chanattr", "run", "channels", *map(str, args), "--out", str(out)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not list((out / "items").glob("*.npz")):
+    while time.time() < deadline and not list((out / "items").glob("[!.]*.npz")):  # a finished item, not a .tmp
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
