@@ -39,20 +39,29 @@ from .items import Item, ItemSource
 NOT_SETTINGS = {"images", "out", "overwrite", "no_progress", "threads", "device", "func", "command", "method",
                 "run_func"}
 #: manifest entries a rerun must match
-COMPARED = ("method", "settings", "model", "code", "items_sha256")
+COMPARED = ("method", "settings", "model", "code", "code_files", "items_sha256")
+ALL_CODE = "all of chanattr and inversion"
 
 
-def code_version() -> str:
-    """SHA-256 (12 hex digits) of chanattr's and inversion's Python sources."""
+def code_version(files: Sequence[str] | None = None) -> str:
+    """SHA-256 (12 hex digits) of chanattr's and inversion's Python sources, or of ``files``
+    only (paths relative to the folder that holds the ``chanattr`` package, e.g.
+    ``"chanattr/pixel.py"``): an experiment can key a method on the code that method runs."""
     import chanattr
     import inversion
 
+    base = Path(chanattr.__file__).parent.parent
+    if files is None:
+        paths = [p for package in (chanattr, inversion) for p in sorted(Path(package.__file__).parent.rglob("*.py"))]
+    else:
+        paths = [base / f for f in files]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ChanattrError(f"code files not found: {', '.join(missing)} (give paths like chanattr/pixel.py)")
     h = hashlib.sha256()
-    for package in (chanattr, inversion):
-        root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root.parent)).encode())
-            h.update(path.read_bytes())
+    for path in paths:
+        h.update(str(path.relative_to(base) if path.is_relative_to(base) else path).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -74,13 +83,14 @@ def run_settings(args: argparse.Namespace) -> dict:
 
 
 def build_manifest(method: str, args: argparse.Namespace, lm, source: ItemSource, procs: Processes,
-                   device: str) -> dict:
+                   device: str, code_files: Sequence[str] | None = None) -> dict:
     return {
         "method": method,
         "settings": run_settings(args),
         "model": {"name": lm.name, "weights": lm.extra.get("weights"), "random_weights": lm.extra.get("random_weights"),
                   "seed": lm.extra.get("seed"), "fingerprint": lm.fingerprint()},
-        "code": code_version(),
+        "code": code_version(code_files),
+        "code_files": list(code_files) if code_files is not None else ALL_CODE,
         "versions": library_versions(),
         "items_sha256": source.digest(),
         "source": {"kind": source.kind, "spec": source.spec},
@@ -110,6 +120,7 @@ def check_run_folder(out: Path, manifest: dict, overwrite: bool) -> bool:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError:
             saved = {}
+        saved.setdefault("code_files", ALL_CODE)  # manifests from before code_files
         differ = [k for k in COMPARED if _json(saved.get(k)) != _json(manifest.get(k))]
         if not differ:
             return True
@@ -123,6 +134,7 @@ def check_run_folder(out: Path, manifest: dict, overwrite: bool) -> bool:
                 what.append("settings (" + ", ".join(f"{n}: {a.get(n)!r} -> {b.get(n)!r}" for n in keys) + ")")
             else:
                 what.append({"items_sha256": "its items", "code": "chanattr's code version", "model": "the model",
+                             "code_files": "the files its code version covers",
                              "method": f"the method ({saved.get('method')})"}.get(k, k))
         raise ChanattrError(f"{out} holds a run that differs in {'; '.join(what)}: give another --out, or "
                             f"--overwrite to start it again")
@@ -201,12 +213,15 @@ def run_items(
     overwrite: bool = False,
     progress: bool = True,
     tolerance: float = 15.0,
+    code_files: Sequence[str] | None = None,
 ) -> RunSummary:
     """Run ``compute`` over the items not yet finished in ``out``, this process's share of the
-    batches; every process calls it. Returns when every process is done (the results merged)."""
+    batches; every process calls it. Returns when every process is done (the results merged).
+    ``code_files``: the sources the run's code version covers (default all of chanattr; an
+    experiment can narrow it to what its method runs, so other edits do not refuse a resume)."""
     out = Path(out)
     start = time.perf_counter()
-    manifest = build_manifest(method, args, lm, source, procs, device)
+    manifest = build_manifest(method, args, lm, source, procs, device, code_files)
     barrier(procs)  # every process sees the folder as it was before this run
     resume = check_run_folder(out, manifest, overwrite)  # every process refuses alike
     if procs.main:

@@ -356,3 +356,25 @@ def test_ranks_and_devices_come_from_torchruns_environment(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ChanattrError, match="outside"):
         processes_from_environment()
+
+
+def test_a_run_can_key_its_code_version_on_the_files_it_runs(photos, tmp_path):
+    from chanattr.cli import build_parser, model_from_args
+    from chanattr.distributed import Processes
+    from chanattr.errors import ChanattrError
+    from chanattr.run_methods import method_function
+    from chanattr.runs import code_version, run_items
+
+    args = build_parser().parse_args(["run", "gradient", "--images", str(photos), "--out", str(tmp_path), *JOINT])
+    lm = model_from_args(args)
+    source = read_items(str(photos))
+    files = ["chanattr/baselines.py", "chanattr/runs.py"]
+    run_items("gradient", method_function("gradient"), args, lm, source, tmp_path, Processes(), device="cpu",
+              progress=False, code_files=files)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["code"] == code_version(files) != code_version() and manifest["code_files"] == files
+    with pytest.raises(ChanattrError, match="the files its code version covers"):
+        run_items("gradient", method_function("gradient"), args, lm, source, tmp_path, Processes(), device="cpu",
+                  progress=False)
+    with pytest.raises(ChanattrError, match="not found"):
+        code_version(["chanattr/nope.py"])
