@@ -179,6 +179,16 @@ def read_item(out: Path, item: Item) -> tuple[dict, list[dict]]:
     return arrays, rows
 
 
+def finished_items(out: str | Path) -> dict[str, tuple[Path, list[dict]]]:
+    """item id -> (its file, its rows) for every finished item of a run folder, merged or not
+    (a run still under way, or stopped): what a table of partial results reads."""
+    found = {}
+    for p in sorted((Path(out) / "items").glob("[!.]*.npz")):  # not a half-written .tmp file
+        with np.load(p) as data:
+            found[p.stem] = (p, json.loads(str(data["_rows"])))
+    return found
+
+
 def batches_of(items: Sequence[Item], size: int) -> list[list[Item]]:
     return [list(items[s : s + size]) for s in range(0, len(items), max(1, size))]
 

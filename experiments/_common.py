@@ -101,3 +101,24 @@ def read_records(log: Path, keys: set[str]) -> tuple[list[dict], int]:
         return [], 0
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return [r for r in rows if r.get("key") in keys], sum(r.get("key") not in keys for r in rows)
+
+
+def pointing_cells(records: list[dict], tolerance: float) -> tuple[list[str], int, int]:
+    """The pointing game over ``records`` (rows with ``class``, ``hit_box``, ``hit_mask``): the
+    boxes' and the masks' accuracy as table cells ("acc (95 % CI)", "-" when none), and how
+    many pairs each counted."""
+    from chanattr.evaluation import PointingGame
+
+    box, mask = PointingGame(tolerance), PointingGame(tolerance)
+    for r in records:
+        box.add_result(r["class"], r["hit_box"])
+        if r["hit_mask"] is not None:
+            mask.add_result(r["class"], r["hit_mask"])
+    cells = []
+    for game in (box, mask):
+        if len(game):
+            lo, hi = game.interval()
+            cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
+        else:
+            cells.append("-")
+    return cells, len(box), len(mask)

@@ -23,7 +23,6 @@ map kept (for extremal perturbation, of its own mask at that area: the quantity 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -39,7 +38,9 @@ from chanattr.extremal import Schedule, binary_masks
 from chanattr.items import read_items
 from chanattr.pixel import saliency_map
 from chanattr.run_methods import method_function
-from chanattr.runs import run_items
+from chanattr.runs import finished_items, run_items
+
+from _common import pointing_cells
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["extremal", "gradcam", "rise", "prunegrad", "integrated_gradients", "gradient", "gradient_x_input",
@@ -63,20 +64,11 @@ def run_args(method: str, spec: str, args) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _items(folder: Path) -> dict[str, tuple[Path, list[dict]]]:
-    """item id -> (its file, its rows), for the finished items of a run folder."""
-    out = {}
-    for p in sorted((folder / "items").glob("[!.]*.npz")):
-        with np.load(p) as data:
-            out[p.stem] = (p, json.loads(str(data["_rows"])))
-    return out
-
-
 def records(folder: Path, score_area: float) -> list[dict]:
     """One record per finished pair: the row at ``score_area`` (the nearest area), with
     ``point`` and ``score_area``."""
     recs = []
-    for _, rows in _items(folder).values():
+    for _, rows in finished_items(folder).values():
         row = min(rows, key=lambda r: abs((r.get("area") or 0) - score_area))
         recs.append({**row, "point": [row["point_row"], row["point_col"]], "score_area": row.get("area")})
     return recs
@@ -139,7 +131,7 @@ def extremal_map_table(folder: Path, source, size: int, tolerance: float, model=
     games = {n: PointingGame(tolerance) for n in names}
     rewards, blurred = [], []
     by_id = {it.id: it for it in source.items}
-    for ident, (path, rows) in _items(folder).items():
+    for ident, (path, rows) in finished_items(folder).items():
         it = by_id.get(ident)
         if it is None:
             continue
@@ -231,20 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         recs = results[method]
         if not recs:
             continue
-        box, mask = PointingGame(args.tolerance), PointingGame(args.tolerance)
-        for r in recs:
-            box.add_result(r["class"], r["hit_box"])
-            if r["hit_mask"] is not None:
-                mask.add_result(r["class"], r["hit_mask"])
-        cells = []
-        for game in (box, mask):
-            if len(game):
-                lo, hi = game.interval()
-                cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
-            else:
-                cells.append("-")
+        cells, boxes, masks = pointing_cells(recs, args.tolerance)
         secs = sum(r["seconds"] for r in recs) / len(recs)
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {len(box)} / {len(mask)} | {len(box.per_class())} | "
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {boxes} / {masks} | {len({r['class'] for r in recs})} | "
                      f"{secs:.2f} | {np.mean([r['score'] for r in recs]):.2f} |")
     print("\n".join(lines))
     print(strength_table(results, methods, args.tolerance, size))

@@ -27,10 +27,11 @@ from chanattr.cli import build_parser, model_from_args
 from chanattr.coco import default_coco_root
 from chanattr.distributed import barrier, process_device, processes_from_environment, start, stop
 from chanattr.errors import ChanattrError
-from chanattr.evaluation import PointingGame
 from chanattr.items import ItemSource, read_items
 from chanattr.run_methods import method_function
-from chanattr.runs import read_results, run_items
+from chanattr.runs import finished_items, read_results, run_items
+
+from _common import pointing_cells
 
 HERE = Path(__file__).resolve().parent
 AREAS = ("0.018", "0.025", "0.05", "0.1")
@@ -59,35 +60,10 @@ def table(rows: dict[str, list[dict]], tolerance: float) -> str:
     lines = ["| method | boxes: accuracy % (95 % CI) | masks: accuracy % (95 % CI) | pairs | s / pair |",
              "|---|---|---|---|---|"]
     for m in present:
-        box, mask = PointingGame(tolerance), PointingGame(tolerance)
-        for key in common:
-            r = by[m][key]
-            box.add_result(r["class"], r["hit_box"])
-            if r["hit_mask"] is not None:
-                mask.add_result(r["class"], r["hit_mask"])
-        cells = []
-        for game in (box, mask):
-            if len(game):
-                lo, hi = game.interval()
-                cells.append(f"{100 * game.accuracy():.1f} ({100 * lo:.1f}-{100 * hi:.1f})")
-            else:
-                cells.append("-")
+        cells, _, _ = pointing_cells([by[m][key] for key in common], tolerance)
         secs = sum(by[m][k]["seconds"] for k in common) / len(common)
         lines.append(f"| {m} | {cells[0]} | {cells[1]} | {len(common)} | {secs:.1f} |")
     return "\n".join(lines)
-
-
-def _rows(folder: Path) -> list[dict]:
-    """The finished items' rows of a run folder (merged or not)."""
-    import json
-
-    import numpy as np
-
-    out = []
-    for p in sorted((folder / "items").glob("[!.]*.npz")):
-        with np.load(p) as data:
-            out += json.loads(str(data["_rows"]))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(procs)
         if not procs.main:
             return 0
-    rows = {m: _rows(args.out / m) for m in args.methods if (args.out / m / "items").is_dir()}
+    rows = {m: [r for _, rs in finished_items(args.out / m).values() for r in rs] for m in args.methods if (args.out / m / "items").is_dir()}
     seen = {r["item"] for r in rows.get("gradcam", []) if r["target_prob"] >= args.min_probability}
     rows = {m: [r for r in rs if r["item"] in seen] for m, rs in rows.items()}
     print(table(rows, args.tolerance))
