@@ -134,11 +134,10 @@ def run_class_mask(args, lm, source, out, procs: Processes, device: str, *, prog
 
     import numpy as np
 
-    from .coco import imagenet_target
     from .distributed import barrier
     from .images import prepare_images
     from .outputs import write_json, write_npz
-    from .runs import read_item
+    from .runs import item_targets, read_item
 
     path = out / "class_channels.npz"
     if path.is_file():
@@ -149,12 +148,8 @@ def run_class_mask(args, lm, source, out, procs: Processes, device: str, *, prog
                             f"{len(source.items)} processes")
     images = prepare_images([it.source for it in mine], lm.preprocessing)
     x = torch.stack([im.input for im in images]).to(device)
-    if mine[0].coco_class is not None:
-        with torch.no_grad():
-            logits = lm.model(x).float().cpu()
-        targets = torch.tensor([imagenet_target(logits[i], it.coco_class) for i, it in enumerate(mine)])
-    else:
-        targets = torch.full((len(mine),), int(args.target), dtype=torch.long)
+    with torch.no_grad():
+        targets = item_targets(lm.model(x).float(), mine, args)  # as the per-image masks had them
     options = {"class_token": True} if getattr(args, "class_token", False) else {}
     result = class_unit_mask(lm.model, x, targets.to(device), args.layer, args.areas, unit=args.unit,
                              layout=args.layout, variant=args.variant, reward_kind=args.reward,

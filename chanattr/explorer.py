@@ -61,6 +61,12 @@ def _png(array: np.ndarray, cmap: str | None = None, overlay: np.ndarray | None 
     return buf.getvalue()
 
 
+def photo(lm, x: torch.Tensor) -> np.ndarray:
+    """The first image of ``x`` (the model's input) as H x W x 3 RGB in [0, 1] (greyscale repeated)."""
+    rgb = lm.preprocessing.denormalize(x[0].detach().cpu()).clamp(0, 1)
+    return rgb.expand(3, -1, -1).permute(1, 2, 0).numpy()
+
+
 def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_classes: int = 3, units: int = 8,
             area: float | None = None, unit: str = "channels", layout: str | None = None, baseline: str = "zero",
             iterations: int = 100,
@@ -86,9 +92,7 @@ def explore(lm, x: torch.Tensor, layer: str, *, saved: dict | None = None, top_c
     n_units = space.num_units
     if area is None:
         area = float(min(saved["areas"])) if saved is not None else 0.05
-    rgb = (x[0].detach().cpu() * torch.tensor(lm.preprocessing.std)[:, None, None]
-           + torch.tensor(lm.preprocessing.mean)[:, None, None]).clamp(0, 1)
-    rgb = rgb.expand(3, -1, -1).permute(1, 2, 0).numpy()
+    rgb = photo(lm, x)
     activation = unit_maps(lm.model, x, layer, space)  # U x h x w, or None
     views = []
     for c in classes:
@@ -300,8 +304,7 @@ def build_report(folder: str | Path, lm, *, top_classes: int = 3, units: int = 8
     views = explore(lm, x, found["layer"], saved=saved, top_classes=top_classes, units=units, unit=found["unit"],
                     layout=found["layout"] if found["layout"] != "" else None, baseline=baseline, iterations=iterations,
                     vis_iterations=vis_iterations, invert_iterations=invert_iterations, seed=seed)
-    rgb = (x[0].cpu() * torch.tensor(lm.preprocessing.std)[:, None, None]
-           + torch.tensor(lm.preprocessing.mean)[:, None, None]).clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).numpy()
+    rgb = photo(lm, x)
     page = render_explorer(f"chanattr explorer: {found['layer']}", _png(rgb), found["layer"], found["unit"], views,
                            meta=f"model {lm.name}; {len(views)} classes; feature visualisations {vis_iterations} "
                                 f"steps, inversions {invert_iterations} steps")

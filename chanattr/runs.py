@@ -305,7 +305,7 @@ def _compute_batch(compute, args, lm, source: ItemSource, batch: list[Item], dev
     x = torch.stack([im.input for im in images]).to(device)
     with torch.no_grad():
         logits = lm.model(x).float()
-    targets = _targets(logits, batch, args)
+    targets = item_targets(logits, batch, args)
     start = time.perf_counter()
     outputs = compute(lm, x, targets, args)
     seconds = (time.perf_counter() - start) / len(batch)
@@ -324,7 +324,9 @@ def _compute_batch(compute, args, lm, source: ItemSource, batch: list[Item], dev
     return results
 
 
-def _targets(logits: torch.Tensor, batch: list[Item], args) -> torch.Tensor:
+def item_targets(logits: torch.Tensor, batch: list[Item], args) -> torch.Tensor:
+    """The items' targets: a COCO pair's most probable ImageNet class of its COCO class, else
+    ``--target`` (``auto``: the top-1 class; or one index). ``logits``: N x classes."""
     from .coco import imagenet_target
 
     if any(it.coco_class is not None for it in batch):
