@@ -52,7 +52,9 @@ class PixelSpace:
     """Smooth masks over the pixels of N images, applied as a blur (or fade) perturbation.
 
     ``mask_form``: ``"fast"`` or ``"paper"`` (``MASK_FORMS``); ``area_margin``: pixels of frame
-    around the image that ``masks`` (what the area constraint counts) also covers (TorchRay: sigma)."""
+    around the image that ``masks`` (what the area constraint counts) also covers (TorchRay: sigma);
+    ``feather``: sigma (px) of a Gaussian that softens every keep mask before the model sees it
+    (0: as given), the edge ``extremal_score(feather=)`` scores."""
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class PixelSpace:
         levels: int = 8,
         mask_form: str = "fast",
         area_margin: float = 0.0,
+        feather: float = 0.0,
     ) -> None:
         self.model = model
         self.images = images
@@ -79,6 +82,9 @@ class PixelSpace:
         form = MASK_FORMS[check_choice(mask_form, tuple(MASK_FORMS), "mask form")]
         if area_margin < 0:
             raise ChanattrError(f"area_margin must be >= 0 pixels, got {area_margin}")
+        if feather < 0:
+            raise ChanattrError(f"feather is a Gaussian sigma in pixels, >= 0; got {feather}")
+        self.feather = float(feather)
         self.smooth = SmoothMask((h, w), self.step, self.sigma, margin=int(round(area_margin)), device=images.device,
                                  **form)
 
@@ -149,8 +155,9 @@ class PixelSpace:
         return self.smooth.crop(masks.view(masks.shape[0], 1, h + 2 * m, w + 2 * m))[:, 0]
 
     def perturb(self, keep: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        """The images seen by the model for keep masks (B x M, as from ``masks``)."""
-        return self.perturbation.apply(self.full_masks(keep)[:, None], image_index)
+        """The images seen by the model for keep masks (B x M, as from ``masks``), their edges
+        feathered by ``feather`` px."""
+        return self.perturbation.apply(gaussian_blur(self.full_masks(keep)[:, None], self.feather), image_index)
 
     #: the optimiser's ``Schedule.jitter`` mirrors this space's input every other step
     mirrors = True
@@ -196,6 +203,7 @@ def extremal_perturbation(
     sigma: float | None = None,
     max_blur: float | None = None,
     area_margin: float = 0.0,
+    feather: float = 0.0,
     output: OutputSpec = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -209,7 +217,11 @@ def extremal_perturbation(
     the smooth mask's form. ``schedule`` replaces the preset's schedule; ``iterations``
     overrides its iteration count (the most iterations; ``fast`` stops earlier once the masks
     settle). ``area_margin``: pixels of frame around the image that the area constraint also
-    counts (0: the visible image; TorchRay: sigma, 21 px at 224 px). ``output``: which of the
+    counts (0: the visible image; TorchRay: sigma, 21 px at 224 px). ``feather``: sigma (px) of a
+    Gaussian that softens the edge of every mask the model sees during the optimisation (the
+    search's candidates too; 0: hard edges): the preset then optimises the feathered extremal
+    score (up to the blur pyramid, which maps a half-kept pixel to a half blur where the score
+    mixes the sharp and the blurred photo). ``output``: which of the
     model's outputs holds the logits (``chanattr.model_output.select_output``: an index, a key,
     a callable; default the tensor itself, or ``logits``). The model runs in eval mode and is
     left as found. Returns a ``PixelResult`` with masks N x K x H x W in [0, 1] on
@@ -225,7 +237,7 @@ def extremal_perturbation(
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), frozen(model):
         torch.manual_seed(seed)
         space = PixelSpace(model, x.detach(), perturbation=perturbation, step=step, sigma=sigma, max_blur=max_blur,
-                           mask_form=preset, area_margin=area_margin)
+                           mask_form=preset, area_margin=area_margin, feather=feather)
         params, out = optimise(
             space, targets, areas, variant=variant, reward_kind=reward, schedule=schedule,
             progress=progress, description=f"extremal ({variant})",
@@ -237,5 +249,6 @@ def extremal_perturbation(
         masks=masks.view(n, k, *masks.shape[-2:]),
         **result_fields(out, targets, variant, reward),
         info={"space": "pixel", "preset": preset, "perturbation": perturbation, "step": space.step,
-              "sigma": space.sigma, "max_blur": space.max_blur, "area_margin": area_margin},
+              "sigma": space.sigma, "max_blur": space.max_blur, "area_margin": area_margin,
+              "feather": feather},
     )
