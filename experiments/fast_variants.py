@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-code", default=BENCH_CODE, help="the code version of bench_extremal's records to compare")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--set", dest="set_name", default="tuning", choices=list(SETS))
+    ap.add_argument("--images", nargs="+", default=None, help="only these photos of the set")
     ap.add_argument("--shard", default="0/1", help="I/N: this process takes images I, I+N, ...")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--code", metavar="HASH", help="with --table-only: the records of an earlier code version")
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         done = {(r["image"], r["method"]) for r in rows}
         shard, shards = (int(v) for v in args.shard.split("/"))
         device = torch.device(args.device)
-        for name in SETS[args.set_name][shard::shards]:
+        names = [i for i in SETS[args.set_name] if args.images is None or i in args.images]
+        for name in names[shard::shards]:
             x = prepare_image(image_source(name, args.data), lm.preprocessing).input[None].to(device)
             with torch.no_grad():
                 target = int(model(x)[0].argmax())
