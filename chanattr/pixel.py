@@ -54,7 +54,10 @@ class PixelSpace:
     ``mask_form``: ``"fast"`` or ``"paper"`` (``MASK_FORMS``); ``area_margin``: pixels of frame
     around the image that ``masks`` (what the area constraint counts) also covers (TorchRay: sigma);
     ``feather``: sigma (px) of a Gaussian that softens every keep mask before the model sees it
-    (0: as given), the edge ``extremal_score(feather=)`` scores."""
+    (0: as given), and the blur then mixes the photo and its most blurred copy linearly (a
+    2-level pyramid): the perturbation ``extremal_score(feather=)`` scores. (With the 8-level
+    pyramid a feathered edge pixel kept at 0.9 is blurred by sigma 2 px, so the model would see a
+    blurred rim inside every region instead of a soft transition.)"""
 
     def __init__(
         self,
@@ -78,13 +81,14 @@ class PixelSpace:
         self.sigma = sigma if sigma is not None else 21.0 * scale
         self.max_blur = max_blur if max_blur is not None else 20.0 * scale
         check_choice(perturbation, PERTURBATIONS, "perturbation")
-        self.perturbation = make_perturbation(perturbation, images, max_sigma=self.max_blur, levels=levels)
         form = MASK_FORMS[check_choice(mask_form, tuple(MASK_FORMS), "mask form")]
         if area_margin < 0:
             raise ChanattrError(f"area_margin must be >= 0 pixels, got {area_margin}")
         if feather < 0:
             raise ChanattrError(f"feather is a Gaussian sigma in pixels, >= 0; got {feather}")
         self.feather = float(feather)
+        self.perturbation = make_perturbation(perturbation, images, max_sigma=self.max_blur,
+                                              levels=2 if feather > 0 else levels)
         self.smooth = SmoothMask((h, w), self.step, self.sigma, margin=int(round(area_margin)), device=images.device,
                                  **form)
 
@@ -219,9 +223,9 @@ def extremal_perturbation(
     settle). ``area_margin``: pixels of frame around the image that the area constraint also
     counts (0: the visible image; TorchRay: sigma, 21 px at 224 px). ``feather``: sigma (px) of a
     Gaussian that softens the edge of every mask the model sees during the optimisation (the
-    search's candidates too; 0: hard edges): the preset then optimises the feathered extremal
-    score (up to the blur pyramid, which maps a half-kept pixel to a half blur where the score
-    mixes the sharp and the blurred photo). ``output``: which of the
+    search's candidates too; 0: hard edges), mixed with the blurred photo as the extremal score
+    does: the fast preset then optimises the feathered extremal score
+    (``extremal_score(feather=)``) directly. ``output``: which of the
     model's outputs holds the logits (``chanattr.model_output.select_output``: an index, a key,
     a callable; default the tensor itself, or ``logits``). The model runs in eval mode and is
     left as found. Returns a ``PixelResult`` with masks N x K x H x W in [0, 1] on

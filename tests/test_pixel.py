@@ -311,3 +311,27 @@ def test_the_search_shows_progress_when_asked(capsys):
     unit_extremal_perturbation(PlantedConvNet().eval(), textured(16, 1), 0, "features.2", [0.2], iterations=0,
                                progress=True)
     assert "channels at features.2: greedy search" in capsys.readouterr().err
+
+
+def test_feather_softens_what_the_model_sees(region):
+    """``feather=f``: the model sees every keep mask blurred by a Gaussian of f px (the score
+    ``extremal_score(feather=f)`` reads), the search's candidates included; its masks score at
+    least as well as the hard-edged preset's under that feathered score, and still overlap the region."""
+    from chanattr.pixel import PixelSpace
+
+    x = textured(SIZE)
+    space = PixelSpace(region, x, feather=2.0)
+    keep = box_mask(SIZE, BOX).float().flatten()[None]
+    seen = space.perturb(keep, torch.tensor([0]))
+    # the extremal score's perturbation: the feathered mask mixes the photo and its most blurred copy
+    soft = gaussian_blur(keep.view(1, 1, SIZE, SIZE), 2.0)
+    assert torch.allclose(seen, x * soft + gaussian_blur(x, space.max_blur) * (1 - soft), atol=1e-5)
+    assert not torch.allclose(seen, PixelSpace(region, x).perturb(keep, torch.tensor([0])), atol=1e-3)
+    r = extremal_perturbation(region, x, 0, [AREA], feather=2.0, progress=False)
+    hard = extremal_perturbation(region, x, 0, [AREA], progress=False)
+    assert r.info["feather"] == 2.0
+    scores = [float(extremal_score(region, x, m.masks, 0, [AREA], feather=2.0)) for m in (r, hard)]
+    assert scores[0] >= scores[1]
+    assert iou(top_pixels(r.masks[0, 0], AREA), box_mask(SIZE, BOX)) >= 0.7
+    with pytest.raises(ChanattrError, match="feather"):
+        extremal_perturbation(region, x, 0, [AREA], feather=-1.0, iterations=2, progress=False)
