@@ -315,6 +315,9 @@ def _setup_explain(p: argparse.ArgumentParser) -> None:
                    help="fast (default): binary top-a masks from a disc search, stopped early -- it optimises the "
                         "extremal score itself; paper: the paper's method (soft masks, 800 SGD steps), several "
                         "minutes an image on a CPU, the one to cite")
+    p.add_argument("--feather", type=float, default=0.0, metavar="PX",
+                   help="soften the edge of every mask the model sees by a Gaussian of PX pixels (default 0: hard "
+                        "edges); the optimisation then maximises the feathered extremal score")
     p.add_argument("--batch-images", type=int, default=4, metavar="N", help="images optimised together (default 4)")
     p.add_argument("--search-side", type=int, metavar="N",
                    help="fast preset: disc candidates per side of the search grid (default: about one blob radius "
@@ -354,7 +357,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         sl = slice(start, start + step)
         result = extremal_perturbation(
             lm.model, x[sl], targets[sl], args.areas, preset=args.preset, variant=args.variant,
-            perturbation=args.perturbation, schedule=explain_schedule(args),
+            perturbation=args.perturbation, schedule=explain_schedule(args), feather=args.feather,
             reward=args.reward, iterations=args.iterations, seed=args.seed, progress=None if not args.no_progress else False,
         )
         for i, (img, folder) in enumerate(zip(images[sl], dirs[sl])):

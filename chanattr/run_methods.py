@@ -45,13 +45,20 @@ def explain(lm, x, targets, args: argparse.Namespace) -> list[ItemOutput]:
 
     result = extremal_perturbation(
         lm.model, x, targets, args.areas, preset=args.preset, variant=args.variant, perturbation=args.perturbation,
-        schedule=explain_schedule(args),
+        schedule=explain_schedule(args), feather=getattr(args, "feather", 0.0),
         reward=args.reward, iterations=args.iterations, seed=args.seed, progress=False)
     maps = result.saliency()
+    feather = getattr(args, "feather", 0.0)
+    hard = result.binary_reward
+    if feather > 0 and args.variant != "dual":  # binary_reward is then the feathered score: the plain one too
+        from .evaluation import extremal_score
+
+        hard = extremal_score(lm.model, x, result.masks, targets, result.areas.tolist(), variant=args.variant).cpu()
     out = []
     for i in range(x.shape[0]):
-        rows = [{"area": float(a), "score": float(result.binary_reward[i, k]),
+        rows = [{"area": float(a), "score": float(hard[i, k]),
                  "final_reward": float(result.final_reward[i, k]), "iterations": result.iterations}
+                | ({"feathered_score": float(result.binary_reward[i, k])} if feather > 0 else {})
                 for k, a in enumerate(result.areas.tolist())]
         out.append(ItemOutput({"masks": _f16(result.masks[i]), "saliency": _f16(maps[i])}, rows))
     return out

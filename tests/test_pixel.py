@@ -335,3 +335,23 @@ def test_feather_softens_what_the_model_sees(region):
     assert iou(top_pixels(r.masks[0, 0], AREA), box_mask(SIZE, BOX)) >= 0.7
     with pytest.raises(ChanattrError, match="feather"):
         extremal_perturbation(region, x, 0, [AREA], feather=-1.0, iterations=2, progress=False)
+
+
+def test_run_rows_give_the_plain_score_beside_the_feathered_one(region):
+    """``chanattr run explain --feather``: the row's ``score`` stays the hard-edged extremal score
+    and ``feathered_score`` is the optimised one, each equal to ``extremal_score`` of the masks."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from chanattr.run_methods import explain
+
+    x = textured(SIZE)
+    args = Namespace(areas=[AREA], preset="fast", variant="preserve", perturbation="blur", reward="simple",
+                     iterations=5, seed=0, feather=2.0, search_side=None, search_parts=None)
+    out = explain(SimpleNamespace(model=region), x, torch.tensor([0]), args)[0]
+    masks = torch.from_numpy(out.arrays["masks"]).float()[None]
+    row = out.rows[0]
+    assert row["score"] == pytest.approx(float(extremal_score(region, x, masks, 0, [AREA])), abs=1e-3)
+    assert row["feathered_score"] == pytest.approx(float(extremal_score(region, x, masks, 0, [AREA], feather=2.0)),
+                                                   abs=1e-3)
+    assert abs(row["score"] - row["feathered_score"]) > 0.1

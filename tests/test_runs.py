@@ -282,9 +282,10 @@ def test_report_explorer_renders_in_chromium(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("method, options, arrays, columns", [
-    ("explain", ["--areas", "0.1", "0.3", "--iterations", "3", "--search-side", "5", "--search-parts", "1"],
+    ("explain", ["--areas", "0.1", "0.3", "--iterations", "3", "--search-side", "5", "--search-parts", "1",
+                 "--feather", "2"],
      {"masks": (2, 16, 16), "saliency": (16, 16)},
-     {"final_reward", "iterations"}),
+     {"final_reward", "iterations", "feathered_score"}),
     ("prunegrad", ["--keep", "0.5", "--score-areas", "0.1", "0.3"], {"saliency": (16, 16)}, {"pruned_logit"}),
     ("invert", ["--layer", "features.1", "--channels", "2,5,9", "--iterations", "2"],
      {"inversion": (3, 16, 16), "kept": (3,)}, {"relative_error", "kept"}),
@@ -304,6 +305,8 @@ def test_every_method_runs_over_a_folder(run_cli, photos, tmp_path, method, opti
         assert {k: v.shape for k, v in saved.items()} == arrays
     if "score" in rows[0]:
         assert all(np.isfinite(r["score"]) for r in rows)
+    if "feathered_score" in rows[0]:  # explain --feather: the plain extremal score beside the optimised one
+        assert json.loads((tmp_path / "manifest.json").read_text())["settings"]["feather"] == 2.0
 
 
 def test_search_options_go_with_the_fast_preset(run_cli, tmp_path):
