@@ -16,8 +16,8 @@ conditions (one image at a time, one thread, two processes on the two cores). Th
 the script checks against ``SCORING_SHA``.
 
 Records (one per image and variant) go to ``--log`` (JSON Lines, committed), keyed by the
-variant's settings, the code version of the files the variants run and the library versions, so
-the run resumes after any stop.
+variant's settings, the code version of the files the variants run (``CODE``) and the library
+versions, so the run resumes after any stop and a new variant leaves the others' records valid.
 
     python experiments/fast_variants.py --threads 1 --set tuning             # screen
     python experiments/fast_variants.py --threads 1 --set held-out --variants NAME ...
@@ -52,9 +52,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "feather4": ({}, {"feather": 4.0}),
     "feather4_small": (SMALL, {"feather": 4.0}),
     "soft_first_small": (dict(SMALL, harden=0.5, iterations=120, min_iterations=70), {}),
+    "feather4_small80": (dict(SMALL, iterations=80), {"feather": 4.0}),
+    "feather8_small80": (dict(SMALL, iterations=80), {"feather": 8.0}),
 }
+#: the files the variants and their scores run (not this script: a record's key holds its variant's settings,
+#: so adding a variant leaves the others' records valid; the scores are bench_extremal.py's)
 CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
-        "chanattr/evaluation/extremal_score.py", "experiments/bench_extremal.py", "experiments/fast_variants.py"]
+        "chanattr/evaluation/extremal_score.py", "experiments/bench_extremal.py"]
 SCORING = ["chanattr/evaluation/extremal_score.py", "chanattr/perturbations.py"]
 #: sha256 of the scoring files (concatenated) when bench_extremal.jsonl's records were made (commit d5ce4b4)
 SCORING_SHA = "25bab1546d5591d4"

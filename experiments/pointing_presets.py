@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             grad = run_args("gradcam", spec, args.out, args)
             lm = model_from_args(grad)
             everything = read_items(spec, input_size=lm.preprocessing.input_size)
-            run_items("gradcam", method_function("gradcam"), grad, lm, everything, args.out / "gradcam", procs,
-                      device=args.device, progress=procs.main, tolerance=args.tolerance)
+            if "gradcam" in args.methods:  # else its finished run only picks the pairs (it may be of older code)
+                run_items("gradcam", method_function("gradcam"), grad, lm, everything, args.out / "gradcam", procs,
+                          device=args.device, progress=procs.main, tolerance=args.tolerance)
+            elif len(finished_items(args.out / "gradcam")) < len(everything.items):
+                raise ChanattrError("Grad-CAM's run picks the pairs: finish it first (--methods gradcam)")
             seen = {r["item"] for r in read_results(args.out / "gradcam") if r["target_prob"] >= args.min_probability}
             picked = [it for it in everything.items if it.id in seen][: args.limit]
             picked = ItemSource(picked, "coco", spec, everything.coco)
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             stop(procs)
         if not procs.main:
             return 0
-    rows = {m: [r for _, rs in finished_items(args.out / m).values() for r in rs] for m in args.methods if (args.out / m / "items").is_dir()}
+    rows = {m: [r for _, rs in finished_items(args.out / m).values() for r in rs] for m in METHODS
+            if (args.out / m / "items").is_dir()}
     seen = {r["item"] for r in rows.get("gradcam", []) if r["target_prob"] >= args.min_probability}
     rows = {m: [r for r in rs if r["item"] in seen] for m, rs in rows.items()}
     print(table(rows, args.tolerance))
