@@ -45,10 +45,10 @@ def explain(lm, x, targets, args: argparse.Namespace) -> list[ItemOutput]:
 
     result = extremal_perturbation(
         lm.model, x, targets, args.areas, preset=args.preset, variant=args.variant, perturbation=args.perturbation,
-        schedule=explain_schedule(args), feather=getattr(args, "feather", 0.0),
+        schedule=explain_schedule(args), feather=getattr(args, "feather", None),
         reward=args.reward, iterations=args.iterations, seed=args.seed, progress=False)
     maps = result.saliency()
-    feather = getattr(args, "feather", 0.0)
+    feather = result.info["feather"]
     hard = result.binary_reward
     if feather > 0 and args.variant != "dual":  # binary_reward is then the feathered score: the plain one too
         from .evaluation import extremal_score

@@ -102,8 +102,9 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
             continue
         rs = [by[(i, m)] for i in common]
         tr = [by[(i, "torchray")] for i in common]
-        cells = [m + (" *" if m in ("fast (bench)", "fast", "small_search") else (" **" if "feather4" in m else "")),
-                 str(len(common))]
+        feather = VARIANTS[m][1].get("feather", 0.0) if m in VARIANTS else 0.0
+        hard = m == "fast (bench)" or (m in VARIANTS and not feather and "harden" not in VARIANTS[m][0])
+        cells = [m + (" *" if hard else f" (optimises feathered {feather:g} px)" if feather else ""), str(len(common))]
         cells += [f"{mean(r['scores']['logit']['0.0'][k] for r in rs):.2f}" for k in range(len(AREAS))]
         cells += [f"{mean(mean(r['scores']['logit'][str(f)]) for r in rs):.2f}" for f in FEATHERS[1:]]
         cells.append(f"{mean(mean(r['scores']['probability']['4.0']) for r in rs):.3f}")
@@ -118,7 +119,7 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
     lines.append("")
     lines.append(f"{set_name} photos. Target logit, mean over the images (feathered columns: over the areas too); "
                  "each row on the images it has finished, TorchRay's on the same. * optimises the hard-edged score "
-                 "(the first three columns) directly; ** optimises the 4 px feathered score (up to the blur pyramid).")
+                 "(the first three columns) directly; the feathered variants optimise the feathered score named.")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The pointing game, paper preset against fast preset against Grad-CAM, on the same pairs.
+"""The pointing game, the paper, fast and feathered presets against Grad-CAM, on the same pairs.
 
 The (image, COCO class) pairs of ``coco:DATA`` (object inside the centre crop, target = the
 most probable ImageNet class of the COCO class's set; ``chanattr.items``) where the model
@@ -7,8 +7,9 @@ object). Extremal perturbation at the paper's COCO areas (0.018, 0.025, 0.05, 0.
 its map is the smoothed sum of the binary top-a masks (``PixelResult.saliency``).
 
 Every method is a ``chanattr run`` (rows only) into ``--out/METHOD``: Grad-CAM over every pair
-first (its rows give the target probabilities that pick the pairs), then the fast and the paper
-presets over the picked pairs. The paper preset takes minutes a pair on a CPU; the runs resume
+first (its rows give the target probabilities that pick the pairs), then the fast, feathered and
+paper presets over the picked pairs (``--methods feathered`` runs one of them and only reads
+Grad-CAM's finished run: each method's run folder holds its own code version). The paper preset takes minutes a pair on a CPU; the runs resume
 where any earlier one stopped (their item files are small and committed), and shard over
 processes under torchrun. A run refuses to resume with other code (the manifest holds the code
 version): run a long experiment from a git worktree at a fixed commit.
@@ -35,7 +36,7 @@ from _common import pointing_cells
 
 HERE = Path(__file__).resolve().parent
 AREAS = ("0.018", "0.025", "0.05", "0.1")
-METHODS = ("gradcam", "fast", "paper")
+METHODS = ("gradcam", "fast", "feathered", "paper")
 
 
 def run_args(method: str, spec: str, out: Path, args) -> argparse.Namespace:

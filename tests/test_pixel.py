@@ -355,3 +355,18 @@ def test_run_rows_give_the_plain_score_beside_the_feathered_one(region):
     assert row["feathered_score"] == pytest.approx(float(extremal_score(region, x, masks, 0, [AREA], feather=2.0)),
                                                    abs=1e-3)
     assert abs(row["score"] - row["feathered_score"]) > 0.1
+
+
+def test_feathered_preset(region):
+    """The feathered preset: the fast preset's masks seen with a 4 px (at 224 px) feathered edge,
+    a smaller search, at most 80 steps; an explicit feather= overrides its own."""
+    from chanattr.extremal import PRESETS
+
+    s = PRESETS["feathered"]
+    assert (s.iterations, s.start, s.search_side, s.search_parts, s.harden) == (80, "search", 5, 2, 0.0)
+    x = textured(SIZE)
+    r = extremal_perturbation(region, x, 0, [AREA], preset="feathered", progress=False)
+    assert r.info["feather"] == pytest.approx(4.0 * SIZE / 224) and r.iterations <= 80
+    assert iou(top_pixels(r.masks[0, 0], AREA), box_mask(SIZE, BOX)) >= 0.7
+    assert extremal_perturbation(region, x, 0, [AREA], preset="feathered", feather=0.0, iterations=2,
+                                 progress=False).info["feather"] == 0.0
