@@ -40,7 +40,8 @@ from chanattr.pixel import extremal_perturbation
 
 from _common import (ROOT, add_device_args, append_record, code_version, library_versions, model_on_device,
                      read_records, settings_key)
-from bench_extremal import (AREAS, FEATHERS, HELD_OUT, LIBRARIES, TUNING, image_source, mean, run_method, scores)
+from bench_extremal import (AREAS, FEATHERS, HELD_OUT, LIBRARIES, TUNING, image_source, masks_of, mean, run_method,
+                            scores)
 from bench_extremal import run_key as bench_key
 
 HERE = Path(__file__).resolve().parent
@@ -73,8 +74,11 @@ def scoring_sha() -> str:
     return h.hexdigest()[:16]
 
 
+HERE_TORCHRAY = "torchray (timed here)"
+
+
 def variant_key(name: str, args) -> str:
-    changes, kwargs = VARIANTS[name]
+    changes, kwargs = VARIANTS.get(name, ({}, {}))
     return settings_key({"variant": name, "changes": changes, "kwargs": kwargs, "areas": AREAS, "feathers": FEATHERS,
                          "device": str(args.device), "threads": torch.get_num_threads(),
                          "code": args.code or code_version(CODE),
@@ -82,6 +86,8 @@ def variant_key(name: str, args) -> str:
 
 
 def run_variant(name: str, model, x, target: int):
+    if name == HERE_TORCHRAY:  # TorchRay again, timed beside the variants (the benchmark's run shared its cores)
+        return masks_of("torchray", model, x, target)
     changes, kwargs = VARIANTS[name]
     r = extremal_perturbation(model, x, target, AREAS, schedule=replace(preset_schedule("fast"), **changes),
                               progress=False, **kwargs)
@@ -91,7 +97,8 @@ def run_variant(name: str, model, x, target: int):
 def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) -> str:
     images = SETS[set_name]
     by = {(r["image"], r["method"]): r for r in rows + bench if r["kind"] == "method"}
-    methods = [m for m in ["torchray", "paper", "fast (bench)"] + names if any((i, m) in by for i in images)]
+    methods = [m for m in ["torchray", HERE_TORCHRAY, "paper", "fast (bench)"] + names
+               if any((i, m) in by for i in images)]
     lines = []
     head = ["method", "images"] + [f"score @ {a}" for a in AREAS] + [f"feathered {f:g} px" for f in FEATHERS[1:]] + [
         "probability (feathered 4 px)", "s / image", "x TorchRay's time", "wins vs TorchRay (feathered 4 px)"]
@@ -116,6 +123,11 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
         else:
             cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
+    here = [i for i in images if (i, HERE_TORCHRAY) in by]
+    for m in [m for m in names if here and all((i, m) in by for i in here)]:
+        ours, theirs = (sum(by[(i, k)]["seconds"] for i in here) for k in (m, HERE_TORCHRAY))
+        lines.append(f"\nTimed in the same run on {', '.join(here)}: {m} {ours:.0f} s, TorchRay {theirs:.0f} s "
+                     f"({ours / theirs:.3f} of TorchRay's time).")
     lines.append("")
     lines.append(f"{set_name} photos. Target logit, mean over the images (feathered columns: over the areas too); "
                  "each row on the images it has finished, TorchRay's on the same. * optimises the hard-edged score "
@@ -142,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", type=Path, default=HERE / "results" / "fast_variants.jsonl")
     ap.add_argument("--bench-log", type=Path, default=HERE / "results" / "bench_extremal.jsonl")
     ap.add_argument("--bench-code", default=BENCH_CODE, help="the code version of bench_extremal's records to compare")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + [HERE_TORCHRAY],
+                    help=f"which to run ('{HERE_TORCHRAY}': TorchRay again, to time it beside the variants)")
     ap.add_argument("--set", dest="set_name", default="tuning", choices=list(SETS))
     ap.add_argument("--images", nargs="+", default=None, help="only these photos of the set")
     ap.add_argument("--shard", default="0/1", help="I/N: this process takes images I, I+N, ...")
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.data = args.data or default_coco_root()
     lm, model = model_on_device(args)
-    keys = {variant_key(n, args): n for n in VARIANTS}
+    keys = {variant_key(n, args): n for n in [*VARIANTS, HERE_TORCHRAY]}
     rows, _ = read_records(args.log, set(keys))
     if not args.table_only:
         done = {(r["image"], r["method"]) for r in rows}
