@@ -117,17 +117,20 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
         cells.append(f"{mean(mean(r['scores']['probability']['4.0']) for r in rs):.3f}")
         cells.append(f"{mean(r['seconds'] for r in rs):.0f}")
         cells.append(f"{mean(r['seconds'] for r in rs) / mean(r['seconds'] for r in tr):.2f}")
-        if m != "torchray":
+        if m not in ("torchray", HERE_TORCHRAY):
             wins = sum(a > b for r, t in zip(rs, tr) for a, b in zip(r["scores"]["logit"]["4.0"], t["scores"]["logit"]["4.0"]))
             cells.append(f"{wins} of {len(common) * len(AREAS)}")
         else:
             cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     here = [i for i in images if (i, HERE_TORCHRAY) in by]
-    for m in [m for m in names if here and all((i, m) in by for i in here)]:
-        ours, theirs = (sum(by[(i, k)]["seconds"] for i in here) for k in (m, HERE_TORCHRAY))
-        lines.append(f"\nTimed in the same run on {', '.join(here)}: {m} {ours:.0f} s, TorchRay {theirs:.0f} s "
-                     f"({ours / theirs:.3f} of TorchRay's time).")
+    timed = [m for m in names if here and all((i, m) in by for i in here)]
+    if timed:
+        theirs = sum(by[(i, HERE_TORCHRAY)]["seconds"] for i in here)
+        lines.append(f"\nTimed under the same load as the variants, on {', '.join(here)}: TorchRay {theirs:.0f} s; "
+                     + "; ".join(f"{m} {sum(by[(i, m)]['seconds'] for i in here):.0f} s "
+                                 f"({sum(by[(i, m)]['seconds'] for i in here) / theirs:.3f} of TorchRay's)"
+                                 for m in timed) + ".")
     lines.append("")
     lines.append(f"{set_name} photos. Target logit, mean over the images (feathered columns: over the areas too); "
                  "each row on the images it has finished, TorchRay's on the same. * optimises the hard-edged score "

@@ -91,7 +91,7 @@ def test_preserve_finds_three_separate_regions():
     boxes = [(3, 3, 10, 10), (3, 35, 10, 10), (35, 19, 10, 10)]
     model = RegionNet(SIZE, boxes).eval()
     area = 3 * 100 / SIZE**2
-    r = extremal_perturbation(model, textured(SIZE), 0, [area], iterations=60, progress=False)
+    r = extremal_perturbation(model, textured(SIZE), 0, [area], preset="fast", iterations=60, progress=False)
     top = top_pixels(r.masks[0, 0], area)
     for b in boxes:
         inside = box_mask(SIZE, b)
@@ -130,7 +130,7 @@ def test_dual_fade_and_contrastive_are_what_they_say(region):
     (removed pixels at the model's zero); contrastive subtracts the best other logit (class 1
     of this model is the constant 1). Swapping any two options would break these equalities."""
     x = textured(SIZE)
-    kw = dict(iterations=10, progress=False)
+    kw = dict(preset="fast", iterations=10, progress=False)  # hard edges: the rewards are the plain scores
 
     def binary(r):
         return r.binary_masks()[0, 0][None, None]
@@ -272,7 +272,7 @@ def test_area_margin_counts_the_frame(region):
 
 def test_search_alone_and_its_score(region):
     x = textured(SIZE)
-    r = extremal_perturbation(region, x, 0, [AREA], iterations=0, progress=False)
+    r = extremal_perturbation(region, x, 0, [AREA], preset="fast", iterations=0, progress=False)
     assert r.iterations == 0 and r.reward_history.shape == (0, 1, 1)
     assert r.binary_reward[0, 0] == pytest.approx(float(extremal_score(region, x, r.masks, 0, [AREA])[0, 0]), abs=1e-3)
     with pytest.raises(ChanattrError, match="at least 1"):
