@@ -64,6 +64,18 @@ def table(rows: dict[str, list[dict]], tolerance: float) -> str:
         cells, _, _ = pointing_cells([by[m][key] for key in common], tolerance)
         secs = sum(by[m][k]["seconds"] for k in common) / len(common)
         lines.append(f"| {m} | {cells[0]} | {cells[1]} | {len(common)} | {secs:.1f} |")
+    # where the methods disagree, and what the extremal masks keep at each area (the same pairs)
+    for a, b in [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]:
+        only_a = sum(by[a][k]["hit_box"] and not by[b][k]["hit_box"] for k in common)
+        only_b = sum(by[b][k]["hit_box"] and not by[a][k]["hit_box"] for k in common)
+        lines.append(f"\n{a} hits the box and {b} misses on {only_a} pairs; the reverse on {only_b}.")
+    for m in [m for m in present if m != "gradcam"]:
+        per_area = {}
+        for r in rows[m]:
+            if r["item"] in common:
+                per_area.setdefault(r["area"], []).append(r["score"])
+        lines.append(f"\n{m}: mean extremal score (target logit, the area's mask kept, hard edge) at "
+                     + ", ".join(f"{a:g}: {sum(v) / len(v):.2f}" for a, v in sorted(per_area.items())) + ".")
     return "\n".join(lines)
 
 
