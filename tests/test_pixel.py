@@ -115,7 +115,7 @@ def test_area_constraint_holds_for_several_areas(region):
 
 def test_batched_equals_one_at_a_time(region):
     x = textured(SIZE, 2, seed=3)
-    kw = dict(iterations=40, progress=False)
+    kw = dict(preset="feathered", iterations=40, progress=False)  # its small search: the same property, faster
     both = extremal_perturbation(region, x, [0, 1], [0.1, 0.2], **kw)
     for i in range(2):
         one = extremal_perturbation(region, x[i], i, [0.1, 0.2], **kw)
