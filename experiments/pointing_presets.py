@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--table-methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="the methods the table compares (on the pairs all of them finished)")
     args = ap.parse_args(argv)
     spec = f"coco:{args.data}"
     if not args.table_only:
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if not procs.main:
             return 0
     rows = {m: [r for _, rs in finished_items(args.out / m).values() for r in rs] for m in METHODS
-            if (args.out / m / "items").is_dir()}
+            if (args.out / m / "items").is_dir() and (m in args.table_methods or m == "gradcam")}
     seen = {r["item"] for r in rows.get("gradcam", []) if r["target_prob"] >= args.min_probability}
     rows = {m: [r for r in rs if r["item"] in seen] for m, rs in rows.items()}
     print(table(rows, args.tolerance))
