@@ -89,8 +89,8 @@ def run_variant(name: str, model, x, target: int):
     if name == HERE_TORCHRAY:  # TorchRay again, timed beside the variants (the benchmark's run shared its cores)
         return masks_of("torchray", model, x, target)
     changes, kwargs = VARIANTS[name]
-    r = extremal_perturbation(model, x, target, AREAS, schedule=replace(preset_schedule("fast"), **changes),
-                              progress=False, **kwargs)
+    r = extremal_perturbation(model, x, target, AREAS, preset="fast", progress=False,
+                              schedule=replace(preset_schedule("fast"), **changes), **kwargs)
     return r.masks, int(r.iterations)
 
 
