@@ -254,6 +254,26 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+#: the score columns of a table row (``score_cells``)
+SCORE_HEAD = [f"score @ {a}" for a in AREAS] + [f"feathered {f:g} px" for f in FEATHERS[1:]] + [
+    "probability (feathered 4 px)", "s / image"]
+
+
+def score_cells(rs: list[dict]) -> list[str]:
+    """``SCORE_HEAD``'s cells, means over the records ``rs``: the hard-edged score at each area, the
+    feathered scores (over the areas too), the probability (feathered 4 px), the seconds."""
+    cells = [f"{mean(r['scores']['logit']['0.0'][k] for r in rs):.2f}" for k in range(len(AREAS))]
+    cells += [f"{mean(mean(r['scores']['logit'][str(f)]) for r in rs):.2f}" for f in FEATHERS[1:]]
+    cells.append(f"{mean(mean(r['scores']['probability']['4.0']) for r in rs):.3f}")
+    cells.append(f"{mean(r['seconds'] for r in rs):.0f}")
+    return cells
+
+
+def wins_over(rs: list[dict], others: list[dict]) -> int:
+    """Image-areas where ``rs[i]``'s feathered 4 px score beats ``others[i]``'s (the same images in order)."""
+    return sum(a > b for r, o in zip(rs, others) for a, b in zip(r["scores"]["logit"]["4.0"], o["scores"]["logit"]["4.0"]))
+
+
 def method_table(rows: list[dict], set_name: str, images: list[str]) -> str:
     by = {(r["image"], r["method"]): r for r in rows if r["kind"] == "method" and r["set"] == set_name}
     present = [m for m in METHODS if any((i, m) in by for i in images)]
@@ -263,19 +283,13 @@ def method_table(rows: list[dict], set_name: str, images: list[str]) -> str:
     common = [i for i in images if all((i, m) in by for m in present)]
     if not common:
         return f"*{set_name}: no image has every method finished yet.*"
-    head = ["method"] + [f"score @ {a}" for a in AREAS] + [f"feathered {f:g} px" for f in FEATHERS[1:]] + [
-        "probability (feathered 4 px)", "s / image", "wins vs TorchRay (feathered 4 px)"]
+    head = ["method"] + SCORE_HEAD + ["wins vs TorchRay (feathered 4 px)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in present:
         rs = [by[(i, m)] for i in common]
-        cells = [m + (" *" if m in ("fast", "search") else "")]
-        cells += [f"{mean(r['scores']['logit']['0.0'][k] for r in rs):.2f}" for k in range(len(AREAS))]
-        cells += [f"{mean(mean(r['scores']['logit'][str(f)]) for r in rs):.2f}" for f in FEATHERS[1:]]
-        cells.append(f"{mean(mean(r['scores']['probability']['4.0']) for r in rs):.3f}")
-        cells.append(f"{mean(r['seconds'] for r in rs):.0f}")
+        cells = [m + (" *" if m in ("fast", "search") else "")] + score_cells(rs)
         if m != "torchray" and "torchray" in present:
-            wins = sum(a > b for i in common for a, b in zip(by[(i, m)]["scores"]["logit"]["4.0"],
-                                                              by[(i, "torchray")]["scores"]["logit"]["4.0"]))
+            wins = wins_over(rs, [by[(i, "torchray")] for i in common])
             cells.append(f"{wins} of {len(common) * len(AREAS)}")
         else:
             cells.append("")

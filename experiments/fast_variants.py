@@ -27,7 +27,6 @@ versions, so the run resumes after any stop and a new variant leaves the others'
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,10 +37,10 @@ from chanattr import prepare_image
 from chanattr.extremal import preset_schedule
 from chanattr.pixel import extremal_perturbation
 
-from _common import (ROOT, add_device_args, append_record, code_version, library_versions, model_on_device,
+from _common import (add_device_args, append_record, code_version, library_versions, model_on_device,
                      read_records, settings_key)
-from bench_extremal import (AREAS, FEATHERS, HELD_OUT, LIBRARIES, TUNING, image_source, masks_of, mean, run_method,
-                            scores)
+from bench_extremal import (AREAS, FEATHERS, HELD_OUT, LIBRARIES, SCORE_HEAD, TUNING, image_source, masks_of, mean,
+                            run_method, score_cells, scores, wins_over)
 from bench_extremal import run_key as bench_key
 
 HERE = Path(__file__).resolve().parent
@@ -61,17 +60,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
         "chanattr/evaluation/extremal_score.py", "experiments/bench_extremal.py"]
 SCORING = ["chanattr/evaluation/extremal_score.py", "chanattr/perturbations.py"]
-#: sha256 of the scoring files (concatenated) when bench_extremal.jsonl's records were made (commit d5ce4b4)
-SCORING_SHA = "25bab1546d5591d4"
+#: ``code_version(SCORING)`` when bench_extremal.jsonl's records were made (commit d5ce4b4)
+SCORING_SHA = "c0ac8d2be659"
 BENCH_CODE = "b108e03d2362"
 SETS = {"tuning": TUNING, "held-out": HELD_OUT}
-
-
-def scoring_sha() -> str:
-    h = hashlib.sha256()
-    for f in SCORING:
-        h.update((ROOT / f).read_bytes())
-    return h.hexdigest()[:16]
 
 
 HERE_TORCHRAY = "torchray (timed here)"
@@ -100,8 +92,7 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
     methods = [m for m in ["torchray", HERE_TORCHRAY, "paper", "fast (bench)"] + names
                if any((i, m) in by for i in images)]
     lines = []
-    head = ["method", "images"] + [f"score @ {a}" for a in AREAS] + [f"feathered {f:g} px" for f in FEATHERS[1:]] + [
-        "probability (feathered 4 px)", "s / image", "x TorchRay's time", "wins vs TorchRay (feathered 4 px)"]
+    head = ["method", "images"] + SCORE_HEAD + ["x TorchRay's time", "wins vs TorchRay (feathered 4 px)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         common = [i for i in images if (i, m) in by and (i, "torchray") in by]
@@ -112,14 +103,10 @@ def table(rows: list[dict], bench: list[dict], set_name: str, names: list[str]) 
         feather = VARIANTS[m][1].get("feather", 0.0) if m in VARIANTS else 0.0
         hard = m == "fast (bench)" or (m in VARIANTS and not feather and "harden" not in VARIANTS[m][0])
         cells = [m + (" *" if hard else f" (optimises feathered {feather:g} px)" if feather else ""), str(len(common))]
-        cells += [f"{mean(r['scores']['logit']['0.0'][k] for r in rs):.2f}" for k in range(len(AREAS))]
-        cells += [f"{mean(mean(r['scores']['logit'][str(f)]) for r in rs):.2f}" for f in FEATHERS[1:]]
-        cells.append(f"{mean(mean(r['scores']['probability']['4.0']) for r in rs):.3f}")
-        cells.append(f"{mean(r['seconds'] for r in rs):.0f}")
+        cells += score_cells(rs)
         cells.append(f"{mean(r['seconds'] for r in rs) / mean(r['seconds'] for r in tr):.2f}")
         if m not in ("torchray", HERE_TORCHRAY):
-            wins = sum(a > b for r, t in zip(rs, tr) for a, b in zip(r["scores"]["logit"]["4.0"], t["scores"]["logit"]["4.0"]))
-            cells.append(f"{wins} of {len(common) * len(AREAS)}")
+            cells.append(f"{wins_over(rs, tr)} of {len(common) * len(AREAS)}")
         else:
             cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
@@ -169,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.code and not args.table_only:
         raise SystemExit("--code goes with --table-only: new records always carry the current code version")
     if args.print_scoring_sha:
-        print(scoring_sha())
+        print(code_version(SCORING))
         return 0
-    if scoring_sha() != SCORING_SHA:
+    if code_version(SCORING) != SCORING_SHA:
         raise SystemExit("fast_variants: the scoring code changed since bench_extremal's records were made; "
                          "their scores are not comparable: re-run bench_extremal.py")
     from chanattr.coco import default_coco_root
