@@ -208,13 +208,12 @@ def resolve_targets(lm, x, target: str):
     """``auto``: each image's top-1 class; else one class index for every image."""
     import torch
 
-    if target == "auto":
+    from .targets import class_index
+
+    index = class_index(target)
+    if index is None:
         with torch.no_grad():
             return lm.model(x).argmax(1)
-    try:
-        index = int(target)
-    except ValueError:
-        raise ChanattrError(f"--target must be a class index or auto, not {target!r}") from None
     lm.check_target(index)
     return torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
 

@@ -335,13 +335,11 @@ def item_targets(logits: torch.Tensor, batch: list[Item], args) -> torch.Tensor:
                                 "drop --target")
         return torch.tensor([imagenet_target(logits[i].cpu(), it.coco_class) for i, it in enumerate(batch)],
                             device=logits.device)
-    target = getattr(args, "target", "auto")
-    if target == "auto":
+    from .targets import class_index
+
+    index = class_index(getattr(args, "target", "auto"))
+    if index is None:
         return logits.argmax(1)
-    try:
-        index = int(target)
-    except ValueError:
-        raise ChanattrError(f"--target must be a class index or auto, not {target!r}") from None
     if not 0 <= index < logits.shape[1]:
         raise ChanattrError(f"--target {index} is outside the model's {logits.shape[1]} classes")
     return torch.full((len(batch),), index, dtype=torch.long, device=logits.device)

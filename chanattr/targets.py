@@ -20,6 +20,18 @@ from .hooks import LayerHooks, get_layer
 from .model_output import SharedModules
 
 
+def class_index(target: str) -> int | None:
+    """A ``--target`` value: ``None`` for ``auto`` (each image's top-1 class), else the class
+    index it names; a clear error for anything else. (Whether the index is one of the model's
+    classes is the caller's check: it knows the model.)"""
+    if target == "auto":
+        return None
+    try:
+        return int(target)
+    except ValueError:
+        raise ChanattrError(f"--target must be a class index or auto, not {target!r}") from None
+
+
 def region_target(cls: int, box: tuple[int, int, int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn(out) -> N``: the mean of ``out[:, cls]`` (N x classes x H x W scores) over the box
     (top, left, height, width, in the output's pixels)."""

@@ -309,6 +309,13 @@ def test_every_method_runs_over_a_folder(run_cli, photos, tmp_path, method, opti
         assert json.loads((tmp_path / "manifest.json").read_text())["settings"]["feather"] == 2.0
 
 
+@pytest.mark.parametrize("target, match", [("cat", "class index or auto"), ("7", "outside the model's 2 classes")])
+def test_a_bad_target_is_one_line_before_any_work(run_cli, photos, tmp_path, target, match):
+    code, _, err = run_cli("run", "gradcam", "--images", photos, *JOINT, "--target", target, "--out", tmp_path)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not list((tmp_path / "items").glob("*.npz"))
+
+
 def test_search_options_go_with_the_fast_preset(run_cli, tmp_path):
     code, _, err = run_cli("explain", "chelsea", *JOINT, "--preset", "paper", "--search-side", "5", "--out", tmp_path)
     assert code == 2 and "paper preset has none" in err
