@@ -24,10 +24,11 @@ CHANNEL_AREAS = (0.02, 0.05, 0.1)
 
 def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: int = 200,
              channel_iterations: int = 300, invert_iterations: int = 200, explorer_iterations: int = 48,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, preset: str = "fast") -> Path:
     """Run the pipeline into ``out`` and return the path of ``report.html``; ``explorer.html``
     beside it explores the salient channels of the top three classes (``chanattr report``) with
-    ``explorer_iterations`` steps for each search, visualisation and inversion (0: no explorer)."""
+    ``explorer_iterations`` steps for each search, visualisation and inversion (0: no explorer).
+    ``preset``: the pixel extremal perturbation's (``chanattr.extremal.PRESETS``)."""
     from .units.space import ChannelSpace, channel_extremal_perturbation
     from .images import prepare_image
     from .models import load_model
@@ -51,7 +52,8 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
     seconds["load model and photo"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    pixel = extremal_perturbation(lm.model, x, target, AREAS, iterations=explain_iterations, progress=progress)
+    pixel = extremal_perturbation(lm.model, x, target, AREAS, iterations=explain_iterations, progress=progress,
+                                  preset=preset)
     explain = write_explain(dirs["explain"], lm, img, x[0], pixel, 0)
     seconds["explain (pixels)"] = time.perf_counter() - t
 
@@ -112,7 +114,7 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
                     "removed alone, their feature visualisations and the inversion of each class's set "
                     "(chanattr report DIR makes it for any channels folder)."])] if explorer_iterations > 0 else []),
         Section("Settings and time",
-                [f"Iterations cut for a quick demo: explain at most {explain_iterations} (it stops once the masks "
+                [f"Iterations cut for a quick demo: explain ({preset} preset) at most {explain_iterations} (it stops once the masks "
                  f"settle; ran {explain['iterations']}), channels at most {channel_iterations} (ran "
                  f"{channels['iterations']}), inversion {invert_iterations}. The commands chanattr explain / channels "
                  "/ invert run the same steps with their defaults."],

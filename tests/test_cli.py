@@ -53,9 +53,15 @@ def test_not_an_image_file(run_cli, tmp_path):
     assert code == 2 and "not an image file" in err
 
 
+@pytest.mark.parametrize("command", ["predict", "layers", "explain", "channels", "invert", "run", "demo"])
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("usage: chanattr " + command)
+
+
 def test_console_script_help_and_error():
-    for cmd in (["--help"], ["predict", "--help"], ["layers", "--help"]):
-        r = subprocess.run([sys.executable, "-m", "chanattr", *cmd], capture_output=True, text=True)
-        assert r.returncode == 0 and "usage" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "chanattr", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage" in r.stdout
     r = subprocess.run([sys.executable, "-m", "chanattr", "predict", "nowhere.png"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr

@@ -82,7 +82,7 @@ def demo_report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo")
     path = run_demo(out, overwrite=True, explain_iterations=4, channel_iterations=10, invert_iterations=3,
-                    explorer_iterations=2, progress=False)
+                    explorer_iterations=2, progress=False, preset="feathered")  # its smaller search
     return path
 
 
