@@ -10,6 +10,7 @@ score and the IoU of its top-a masks with TorchRay's (read from bench_extremal's
 or computed when missing).
 
     python experiments/paper_mask_window.py --threads 1 --images chelsea
+    python experiments/paper_mask_window.py --threads 1 --images 000000000590 --forms every margin
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from chanattr.pixel import PixelSpace
 from chanattr.smooth_mask import SmoothMask
 
 from _common import add_device_args, model_on_device
+from bench_extremal import DEFAULT_DATA, image_source
 
 HERE = Path(__file__).resolve().parent
 AREAS = (0.05, 0.1, 0.2)
@@ -75,7 +77,9 @@ def run(model, x, target, form: str) -> torch.Tensor:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", nargs="+", default=["chelsea"])
+    ap.add_argument("--images", nargs="+", default=["chelsea"],
+                    help="bundled photos or coco128 names (bench_extremal's TUNING / HELD_OUT)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder laid out like coco128")
     ap.add_argument("--forms", nargs="+", default=["every", "window"], choices=["every", "window", "margin",
                                                                                 "plain-sort"])
     add_device_args(ap)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     print("| image | smooth max over | score @ 0.05 / 0.1 / 0.2 | feathered 4 px | IoU with TorchRay's top-a | s |")
     print("|---|---|---|---|---|---|")
     for name in args.images:
-        x = prepare_image(name, lm.preprocessing).input[None].to(args.device)
+        x = prepare_image(image_source(name, args.data), lm.preprocessing).input[None].to(args.device)
         target = int(model(x).argmax())
         tr = torchray_masks(name, model, x, target)
         for form in args.forms:
