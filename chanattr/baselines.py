@@ -196,6 +196,7 @@ def prunegrad_map(model, x, target, keep: float = 0.15, **kw):
     return prunegrad(model, x, target, keep=keep, **kw).saliency.cpu()
 
 
+#: every saliency method behind ``saliency()``, in ``chanattr.method_names.SALIENCY_METHODS``'s order
 METHODS: dict[str, Callable] = {
     "extremal": extremal,
     "prunegrad": prunegrad_map,

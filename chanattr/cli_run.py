@@ -64,7 +64,7 @@ def _setup_class_channels(p: argparse.ArgumentParser) -> None:
 
 
 def _run_setups() -> dict:
-    from .run_methods import _saliency_names
+    from .method_names import MAP_METHODS
 
     setups = {"explain": (_setup_explain, "extremal perturbations over input pixels"),
               "channels": (_setup_channels, "extremal perturbations over the units of a layer"),
@@ -72,7 +72,7 @@ def _run_setups() -> dict:
                                  "one unit mask shared by every image of a class (and each image's own)"),
               "prunegrad": (lambda p: (_setup_prunegrad(p), _score_areas(p)), "PruneGrad saliency"),
               "invert": (_setup_run_invert, "feature inversion of each image's salient units")}
-    for name in _saliency_names():
+    for name in MAP_METHODS:
         setups[name] = (_setup_saliency(name), f"the {name} saliency map")
     return setups
 

@@ -135,16 +135,12 @@ def invert(lm, x, targets, args: argparse.Namespace) -> list[ItemOutput]:
             for i, s in enumerate(subsets)]
 
 
-def _saliency_names() -> list[str]:
-    from .baselines import METHODS
-
-    return [m for m in METHODS if m not in ("extremal", "prunegrad")]
-
-
 def run_methods() -> dict[str, Callable]:
     """METHOD -> its batch function (``chanattr run METHOD``)."""
+    from .method_names import MAP_METHODS
+
     out: dict[str, Callable] = {"explain": explain, "channels": channels, "prunegrad": prunegrad, "invert": invert}
-    for name in _saliency_names():
+    for name in MAP_METHODS:
         out[name] = saliency_method(name)
     out["class-channels"] = channels  # per image; the shared mask follows (chanattr.class_channels)
     return out

@@ -60,6 +60,28 @@ def test_every_command_has_help(capsys, command):
     assert info.value.code == 0 and capsys.readouterr().out.startswith("usage: chanattr " + command)
 
 
+def test_the_parser_is_built_without_torch():
+    """``chanattr --help`` and usage errors answer at once: the package imports its API lazily."""
+    code = ("import sys; from chanattr.cli import build_parser; build_parser(); import chanattr; "
+            "print(sorted(m for m in ('torch', 'numpy', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_lazy_api_is_the_whole_api():
+    import chanattr
+    from chanattr.baselines import METHODS
+    from chanattr.method_names import SALIENCY_METHODS
+
+    assert tuple(METHODS) == SALIENCY_METHODS
+    assert set(chanattr.__all__) == set(chanattr._MODULE_OF)
+    for name in chanattr.__all__:
+        assert getattr(chanattr, name) is not None
+    assert chanattr.evaluation.extremal_score and "load_model" in dir(chanattr)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        chanattr.nothing
+
+
 def test_console_script_help_and_error():
     r = subprocess.run([sys.executable, "-m", "chanattr", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage" in r.stdout
