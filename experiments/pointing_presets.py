@@ -52,6 +52,10 @@ def run_args(method: str, spec: str, out: Path, args) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def _pairs(n: int) -> str:
+    return f"{n} pair" + ("" if n == 1 else "s")
+
+
 def table(rows: dict[str, list[dict]], tolerance: float) -> str:
     by = {m: {r["item"]: r for r in rs if r.get("area") in (None, 0.05)} for m, rs in rows.items()}
     present = [m for m in METHODS if by.get(m)]
@@ -68,7 +72,7 @@ def table(rows: dict[str, list[dict]], tolerance: float) -> str:
     for a, b in [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]:
         only_a = sum(by[a][k]["hit_box"] and not by[b][k]["hit_box"] for k in common)
         only_b = sum(by[b][k]["hit_box"] and not by[a][k]["hit_box"] for k in common)
-        lines.append(f"\n{a} hits the box and {b} misses on {only_a} pairs; the reverse on {only_b}.")
+        lines.append(f"\n{a} hits the box and {b} misses on {_pairs(only_a)}; the reverse on {only_b}.")
     for m in [m for m in present if m != "gradcam"]:
         per_area = {}
         for r in rows[m]:
