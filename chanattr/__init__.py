@@ -40,7 +40,8 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 if TYPE_CHECKING:  # what static tools and IDEs read
     from .errors import ChanattrError, ChanattrWarning, LayerNotFoundError
-    from .hooks import LayerHooks, LayerInfo, capture, edit, frozen, get_layer, layer_names, list_layers, model_state, preserved
+    from .hooks import (LayerHooks, LayerInfo, capture, edit, frozen, get_layer, layer_names, list_layers, model_state,
+                        preserved)
     from .images import SAMPLES, PreparedImage, load_image, prepare_image, prepare_images
     from .models import LoadedModel, Preprocessing, load_model
     from .extremal import Schedule
@@ -72,45 +73,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_MODULE_OF))
 
 
-__all__ = [
-    "retain_freed_memory",
-    "ChannelCurve",
-    "ChannelResult",
-    "ChannelSpace",
-    "UNIT_KINDS",
-    "UnitResult",
-    "UnitSpace",
-    "logits_model",
-    "select_output",
-    "unit_extremal_perturbation",
-    "PixelResult",
-    "PruneGradResult",
-    "Schedule",
-    "channel_curve",
-    "channel_extremal_perturbation",
-    "class_channels",
-    "extremal_perturbation",
-    "prunegrad",
-    "saliency",
-    "ChanattrError",
-    "ChanattrWarning",
-    "LayerHooks",
-    "LayerInfo",
-    "LayerNotFoundError",
-    "LoadedModel",
-    "PreparedImage",
-    "Preprocessing",
-    "SAMPLES",
-    "capture",
-    "edit",
-    "frozen",
-    "get_layer",
-    "layer_names",
-    "list_layers",
-    "load_image",
-    "load_model",
-    "model_state",
-    "prepare_image",
-    "prepare_images",
-    "preserved",
-]
+__all__ = list(_MODULE_OF)

@@ -114,9 +114,9 @@ def run_demo(out: str | Path, *, overwrite: bool = False, explain_iterations: in
                     "removed alone, their feature visualisations and the inversion of each class's set "
                     "(chanattr report DIR makes it for any channels folder)."])] if explorer_iterations > 0 else []),
         Section("Settings and time",
-                [f"Iterations cut for a quick demo: explain ({preset} preset) at most {explain_iterations} (it stops once the masks "
-                 f"settle; ran {explain['iterations']}), channels at most {channel_iterations} (ran "
-                 f"{channels['iterations']}), inversion {invert_iterations}. The commands chanattr explain / channels "
+                [f"Iterations cut for a quick demo: explain ({preset} preset) at most {explain_iterations} (it "
+                 f"stops once the masks settle; ran {explain['iterations']}), channels at most {channel_iterations} "
+                 f"(ran {channels['iterations']}), inversion {invert_iterations}. The commands chanattr explain / channels "
                  "/ invert run the same steps with their defaults."],
                 tables=[(["step", "seconds"], [[k, v] for k, v in seconds.items()])]),
     ]

@@ -68,6 +68,15 @@ def test_the_parser_is_built_without_torch():
     assert out.strip() == "[]"
 
 
+def _type_checking_imports(path: str) -> dict[str, str]:
+    """name -> module of the imports under ``if TYPE_CHECKING:`` in a package's ``__init__``."""
+    import ast
+
+    tree = ast.parse(open(path).read())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    return {a.name: imp.module for imp in block.body if isinstance(imp, ast.ImportFrom) for a in imp.names}
+
+
 def test_the_lazy_api_is_the_whole_api():
     import chanattr
     from chanattr.baselines import METHODS
@@ -75,6 +84,7 @@ def test_the_lazy_api_is_the_whole_api():
 
     assert tuple(METHODS) == SALIENCY_METHODS
     assert set(chanattr.__all__) == set(chanattr._MODULE_OF)
+    assert _type_checking_imports(chanattr.__file__) == chanattr._MODULE_OF  # what static tools see is the same
     for name in chanattr.__all__:
         assert getattr(chanattr, name) is not None
     assert chanattr.evaluation.extremal_score and "load_model" in dir(chanattr)
