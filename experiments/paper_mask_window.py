@@ -6,8 +6,8 @@ literally); far bumps add ~1 each to the softmax's denominator, which damps mid 
 values (a uniform parameter of 0.1 gives a mask of 0.015). DESIGN.md's reading is "the bumps
 covering a pixel": a local window, where the same parameter gives 0.08. This script runs the
 paper preset's schedule with both forms on the given photos and reports each one's extremal
-score and the IoU of its top-a masks with TorchRay's (read from bench_extremal's mask cache,
-or computed when missing).
+score and the IoU of its top-a masks with TorchRay's (read from bench_extremal's TorchRay run,
+or computed when it has not finished the photo).
 
     python experiments/paper_mask_window.py --threads 1 --images chelsea
     python experiments/paper_mask_window.py --threads 1 --images 000000000590 --forms every margin
@@ -30,18 +30,17 @@ from chanattr.pixel import PixelSpace
 from chanattr.smooth_mask import SmoothMask
 
 from _common import add_device_args, model_on_device
-from bench_extremal import DEFAULT_DATA, image_source
+from bench_extremal import DEFAULT_DATA, DEFAULT_OUT, SETS, image_source, records, top_masks
 
 HERE = Path(__file__).resolve().parent
 AREAS = (0.05, 0.1, 0.2)
 
 
 def torchray_masks(name: str, model, x, target) -> np.ndarray:
-    cached = sorted((HERE / "results" / "bench_extremal_masks").glob(f"{name}-torchray-*.npz"))
-    if cached:
-        z = np.load(cached[-1])
-        shape = tuple(z["shape"])
-        return np.unpackbits(z["masks"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+    for set_name in SETS:  # the benchmark's TorchRay run, where it has finished this photo
+        rec = records(DEFAULT_OUT / set_name / "torchray").get(name)
+        if rec is not None:
+            return top_masks(rec)
     from torchray.attribution.extremal_perturbation import extremal_perturbation as tr
 
     flags = [p.requires_grad for p in model.parameters()]
