@@ -304,7 +304,31 @@ def code_notes(out: Path) -> list[str]:
     return [f"code {code}: {', '.join(folders)}" for code, folders in versions.items()]
 
 
-def report(out: Path, methods: list[str]) -> str:
+def compare_lines(runs: dict, log: Path, key: str) -> list[str]:
+    """Per set and method, the runs' scores against an earlier log's records with ``key`` (the JSON
+    Lines log of the benchmark before it became a set of runs, e.g. ``git show
+    880ed8c:experiments/results/bench_extremal.jsonl``): are they reproduced?"""
+    old = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if (key == "last" or r.get("key") == key) and r.get("kind") == "method":  # "last": the last per image
+            old[(r["set"], r["method"], r["image"])] = r
+    lines = []
+    for s in SETS:
+        for m, recs in runs[s].items():
+            both = [i for i in recs if (s, m, i) in old]
+            if not both:
+                continue
+            diffs = [abs(a - b) for i in both for output in ("logit", "probability") for f in FEATHERS
+                     for a, b in zip(recs[i]["scores"][output][str(f)], old[(s, m, i)]["scores"][output][str(f)])]
+            same = sum(d < 1e-4 for d in diffs)
+            ratio = sum(recs[i]["seconds"] for i in both) / sum(old[(s, m, i)]["seconds"] for i in both)
+            lines.append(f"- {s} / {m}: {len(both)} image(s); {same} of {len(diffs)} scores within 1e-4 of the log's "
+                         f"(largest difference {max(diffs):.3g}); time {ratio:.2f} x the log's")
+    return lines
+
+
+def report(out: Path, methods: list[str], compare: tuple[Path, str] | None = None) -> str:
     runs = {s: {m: records(out / s / m) for m in ALL if (out / s / m / "items").is_dir()} for s in SETS}
     parts = []
     for s in SETS:
@@ -316,6 +340,8 @@ def report(out: Path, methods: list[str]) -> str:
     batches = batch_lines(out, runs)
     if batches:
         parts += ["", *batches]
+    if compare:
+        parts += ["", f"Against the records {compare[1]} of {compare[0]}:", *compare_lines(runs, *compare)]
     parts += ["", "Run folders under " + str(out) + " by code version: " + "; ".join(code_notes(out)) + "."]
     return "\n".join(parts)
 
@@ -336,13 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table-only", action="store_true", help="print the tables from the item files, run nothing")
     ap.add_argument("--table-methods", nargs="+", choices=[*ALL, "variants"], default=None,
                     help="the methods the tables compare, on the images all of them finished (default: every one)")
+    ap.add_argument("--compare-log", nargs=2, metavar=("LOG", "KEY"), default=None,
+                    help="also compare the scores with an earlier JSON Lines log's records of KEY "
+                         "('last': each image's last record)")
     args = ap.parse_args(argv)
     args.methods = [m for name in args.methods for m in (VARIANTS if name == "variants" else [name])]
     if not args.table_only:
         run(args)
     table = args.table_methods or list(ALL)
     table = [m for name in table for m in (VARIANTS if name == "variants" else [name])]
-    print(report(args.out, table))
+    print(report(args.out, table, (Path(args.compare_log[0]), args.compare_log[1]) if args.compare_log else None))
     return 0
 
 
