@@ -96,10 +96,18 @@ VARIANTS: dict[str, MethodSpec] = {
 }
 ALL = {**METHODS, **VARIANTS}
 #: what each method optimises, for the tables
-OPTIMISES = {"fast": "hard", "search": "hard", "small_search": "hard", "feathered": 4.0, "feather4": 4.0,
-             "feather4_small": 4.0, "feather8_small80": 8.0}
+#: (every binary level-set method without a feather optimises the hard-edged score, whatever its start
+#: or its soft first phase; the old tables starred only fast, search and small_search)
+OPTIMISES = {"fast": "hard", "search": "hard", "fast_no_search": "hard", "small_search": "hard",
+             "soft_first_small": "hard", "feathered": 4.0, "feather4": 4.0, "feather4_small": 4.0,
+             "feather8_small80": 8.0}
 TABLE_ORDER = ["torchray", "paper", "fast", "search", "fast_no_search", "feathered", *VARIANTS]
 OVERLAPS = (("paper", "torchray"), ("fast", "torchray"), ("feathered", "torchray"), ("paper", "fast"))
+
+
+def expand(names: list[str]) -> list[str]:
+    """Method names with ``variants`` replaced by every variant's."""
+    return [m for name in names for m in (VARIANTS if name == "variants" else [name])]
 
 
 def image_source(name: str, data: Path) -> str:
@@ -129,8 +137,9 @@ def runs_wanted(args) -> list[tuple[str, MethodSpec, list[str], str, int]]:
     return out
 
 
-def run(args) -> None:
-    """Every run asked for, in order, sharded over the processes torchrun started."""
+def run(args) -> bool:
+    """Every run asked for, in order, sharded over the processes torchrun started; True in the
+    process that prints the tables (rank 0)."""
     import torch
 
     from chanattr import load_model, retain_freed_memory
@@ -154,8 +163,7 @@ def run(args) -> None:
         raise SystemExit(f"bench_extremal: {e}")
     finally:
         stop(procs)
-    if not procs.main:
-        sys.exit(0)
+    return procs.main
 
 
 # --- tables (from the item files) ---------------------------------------------------------
@@ -290,17 +298,12 @@ def batch_lines(out: Path, runs: dict) -> list[str]:
 def code_notes(out: Path) -> list[str]:
     """One line per code version among the run folders, and whether it is the current code."""
     versions: dict[str, list[str]] = {}
-    current = {}
     for manifest in sorted(out.glob("*/*/manifest.json")):
         saved = json.loads(manifest.read_text())
         folder = f"{manifest.parent.parent.name}/{manifest.parent.name}"
-        versions.setdefault(saved["code"], []).append(folder)
-        files = saved["code_files"]
-        key = tuple(files) if isinstance(files, list) else files
-        if key not in current:
-            current[key] = code_version(files) if isinstance(files, list) else None
-        if current[key] != saved["code"]:
-            versions[saved["code"]][-1] += " (not the current code)"
+        files = saved["code_files"]  # a list, or runs.ALL_CODE (all of chanattr)
+        stale = code_version(files if isinstance(files, list) else None) != saved["code"]
+        versions.setdefault(saved["code"], []).append(folder + (" (not the current code)" if stale else ""))
     return [f"code {code}: {', '.join(folders)}" for code, folders in versions.items()]
 
 
@@ -366,11 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also compare the scores with an earlier JSON Lines log's records of KEY "
                          "('last': each image's last record)")
     args = ap.parse_args(argv)
-    args.methods = [m for name in args.methods for m in (VARIANTS if name == "variants" else [name])]
-    if not args.table_only:
-        run(args)
-    table = args.table_methods or list(ALL)
-    table = [m for name in table for m in (VARIANTS if name == "variants" else [name])]
+    args.methods = expand(args.methods)
+    if not args.table_only and not run(args):
+        return 0
+    table = expand(args.table_methods or list(ALL))
     print(report(args.out, table, (Path(args.compare_log[0]), args.compare_log[1]) if args.compare_log else None))
     return 0
 
