@@ -307,15 +307,20 @@ def code_notes(out: Path) -> list[str]:
     return [f"code {code}: {', '.join(folders)}" for code, folders in versions.items()]
 
 
+# the old logs' names of methods the runs call otherwise (the variant that became the feathered preset)
+OLD_NAMES = {"feather4_small80": "feathered"}
+
+
 def compare_lines(runs: dict, log: Path, key: str) -> list[str]:
     """Per set and method, the runs' scores against an earlier log's records with ``key`` (the JSON
-    Lines log of the benchmark before it became a set of runs, e.g. ``git show
-    880ed8c:experiments/results/bench_extremal.jsonl``): are they reproduced?"""
+    Lines logs of the benchmark and of the variant screen before they became sets of runs, e.g. ``git
+    show 880ed8c:experiments/results/bench_extremal.jsonl``, or ``.../fast_variants.jsonl``): are they
+    reproduced?"""
     old = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
         if (key == "last" or r.get("key") == key) and r.get("kind") == "method":  # "last": the last per image
-            old[(r["set"], r["method"], r["image"])] = r
+            old[(r["set"], OLD_NAMES.get(r["method"], r["method"]), r["image"])] = r
     lines = []
     for s in SETS:
         for m, recs in runs[s].items():
